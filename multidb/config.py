@@ -1,0 +1,678 @@
+"""The config file, parsed once into frozen values.
+
+:func:`load` reads a YAML file and :func:`from_dict` takes a mapping; both
+check everything at once (names, types, URLs, dialects, installed drivers,
+``create_engine`` and ``sessionmaker`` options) and return a :class:`Config`,
+or raise :class:`~multidb.errors.ConfigError` saying where and what is wrong.
+No connection is opened::
+
+    config = load("config/databases.yaml")
+    config.databases["main"].primary.url
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+import pkgutil
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Literal, get_args
+
+import sqlalchemy
+from sqlalchemy.engine import URL, Dialect, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy.orm import Session
+from sqlalchemy.util import get_cls_kwargs
+
+from multidb._yaml import Document, KeyPath, dotted, parse
+from multidb.errors import ConfigError, closest
+
+__all__ = [
+    "Config",
+    "DatabaseConfig",
+    "EngineConfig",
+    "Policy",
+    "Role",
+    "RoutingConfig",
+    "from_dict",
+    "load",
+    "mask_url",
+]
+
+Role = Literal["write", "read", "auto"]
+Policy = Literal["round_robin", "random"]
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingConfig:
+    """How one database's reads are routed (``databases.NAME.routing``)."""
+
+    policy: Policy = "round_robin"
+    fallback_to_primary: bool = True
+    max_lag_seconds: float | None = None
+    check_interval_seconds: float = 1.0
+    cooldown_seconds: float = 5.0
+    default_role: Role = "write"
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """One engine: a primary or a replica of a database."""
+
+    name: str  # "main.primary", "main.a"
+    database: str  # "main"
+    role: Literal["primary", "replica"]
+    url: URL  # password included (password_file already read)
+    options: Mapping[str, Any]  # create_engine kwargs: defaults < database < engine
+    weight: float = 1.0  # replicas only; 0 takes it out of rotation
+
+    def __repr__(self) -> str:
+        # Written by hand so that options such as connect_args.password stay masked.
+        return (
+            f"EngineConfig(name={self.name!r}, role={self.role!r}, url={mask_url(self.url)!r},"
+            f" options={_shown(self.options)!r}, weight={self.weight!r})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseConfig:
+    """One database: a primary and its replicas (possibly none)."""
+
+    name: str
+    primary: EngineConfig
+    replicas: tuple[EngineConfig, ...]
+    session: Mapping[str, Any]  # sessionmaker kwargs
+    routing: RoutingConfig
+
+    @property
+    def engines(self) -> tuple[EngineConfig, ...]:
+        return (self.primary, *self.replicas)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """A whole config file: its databases in file order."""
+
+    source: str | None  # the file path as given, None for from_dict
+    databases: Mapping[str, DatabaseConfig]
+
+    def engines(self) -> Iterator[EngineConfig]:
+        for database in self.databases.values():
+            yield from database.engines
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config as plain data, in file order, every secret shown as ``***``."""
+
+        def engine(config: EngineConfig) -> dict[str, Any]:
+            shown: dict[str, Any] = {"url": mask_url(config.url)}
+            if config.role == "replica":
+                shown["weight"] = config.weight
+            shown["options"] = _shown(config.options)
+            return shown
+
+        return {
+            "databases": {
+                name: {
+                    "primary": engine(database.primary),
+                    "replicas": {
+                        replica.name.partition(".")[2]: engine(replica)
+                        for replica in database.replicas
+                    },
+                    "session": _shown(database.session),
+                    "routing": {
+                        f.name: getattr(database.routing, f.name) for f in fields(database.routing)
+                    },
+                }
+                for name, database in self.databases.items()
+            }
+        }
+
+
+def load(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> Config:
+    """Read and check the YAML config file at ``path``.
+
+    ``env`` replaces ``os.environ`` for ``${NAME}`` references; ``CONFIG_DIR``
+    is always the absolute directory of the file.
+    """
+    source = os.fspath(path)
+    try:
+        text = Path(source).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file: {exc.strerror or exc}", source=source) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError("cannot read config file: not valid UTF-8", source=source) from exc
+    config_dir = os.path.dirname(os.path.abspath(source))
+    return _Builder(parse(text, source), source, env, config_dir).build()
+
+
+def from_dict(data: Mapping[str, Any], *, env: Mapping[str, str] | None = None) -> Config:
+    """Check an already parsed config; the same rules as :func:`load`, without positions.
+
+    ``CONFIG_DIR`` is the current directory.
+    """
+    return _Builder(Document(data), None, env, os.getcwd()).build()
+
+
+def mask_url(url: URL) -> str:
+    """``url`` as a string with its password (and secret-looking query values) as ``***``."""
+    query = {key: _MASK if _SECRET.search(key) else value for key, value in url.query.items()}
+    text = url.set(query=query).render_as_string(hide_password=True)
+    return text.replace(_MASK, "***")
+
+
+# --- the rules --------------------------------------------------------------------------------
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+_VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_SECRET = re.compile(r"pass|pwd|secret|token|credential", re.IGNORECASE)
+_MASK = "MULTIDB-MASKED"  # survives URL quoting, then becomes "***"
+
+_TOP_KEYS = ("defaults", "databases")
+_PRIMARY_KEYS = ("primary", "replicas", "options", "session", "routing")
+_SINGLE_KEYS = ("url", "password_file", "options", "session", "routing")
+_ENGINE_KEYS = ("url", "options", "password_file")
+_REPLICA_KEYS = (*_ENGINE_KEYS, "weight")
+_URL_KEYS = ("drivername", "username", "password", "host", "port", "database", "query")
+_ROUTING_KEYS = tuple(f.name for f in fields(RoutingConfig))
+# multidb binds sessions itself, so bind/binds are not the file's to set.
+_SESSION_KEYS = tuple(
+    name
+    for name in inspect.signature(Session.__init__).parameters
+    if name not in ("self", "bind", "binds")
+)
+_SESSION_FLAGS = ("autoflush", "expire_on_commit", "autobegin", "twophase")
+_DIALECTS = (*sqlalchemy.dialects.__all__, "mariadb")
+# Extras of this package by (dialect, driver); other drivers are named by their pip package.
+_EXTRAS = {
+    ("postgresql", "psycopg2"): "'multidb[postgresql]'",
+    ("mysql", "pymysql"): "'multidb[mysql]'",
+    ("mariadb", "pymysql"): "'multidb[mysql]'",
+}
+_PIP_NAMES = {
+    "MySQLdb": "mysqlclient",
+    "mysql": "mysql-connector-python",
+    "psycopg2": "psycopg2-binary",
+}
+
+# An option name, its value, and the key path where the winning layer set it.
+_Options = dict[str, tuple[Any, KeyPath]]
+
+
+class _Builder:
+    """One pass over a document: checks each part and builds the frozen values."""
+
+    def __init__(
+        self, document: Document, source: str | None, env: Mapping[str, str] | None, config_dir: str
+    ) -> None:
+        self.document = document
+        self.source = source
+        self.env: Mapping[str, str] = os.environ if env is None else env
+        self.config_dir = config_dir
+        self.checked_options: set[tuple[Any, ...]] = set()
+        self.dialects: dict[str, type[Dialect]] = {}
+
+    def error(self, path: KeyPath, problem: str, *, at_key: bool = False) -> ConfigError:
+        """A ConfigError at the value of ``path`` (or at its key)."""
+        position = self.document.keys.get(path) if at_key else None
+        position = position or self.document.values.get(path)
+        return ConfigError(
+            problem,
+            source=self.source,
+            line=position.line if position else None,
+            column=position.column if position else None,
+            key_path=dotted(path),
+        )
+
+    def build(self) -> Config:
+        root = self.mapping((), self.resolve(self.document.data, ()))
+        self.known_keys((), root, _TOP_KEYS)
+        defaults = self.options(("defaults",), root.get("defaults"))
+        if "databases" not in root:
+            raise self.error((), "missing key 'databases'")
+        databases = self.mapping(("databases",), root["databases"])
+        if not databases:
+            raise self.error(("databases",), "expected at least one database")
+        built = {}
+        for name, spec in databases.items():
+            self.check_name(("databases", name), name, "database")
+            built[name] = self.database(("databases", name), name, spec, defaults)
+        return Config(source=self.source, databases=MappingProxyType(built))
+
+    # --- ${NAME} references ---------------------------------------------------------------------
+
+    def resolve(self, value: Any, path: KeyPath) -> Any:
+        """A copy of ``value`` with every string value's ``${...}`` replaced (keys are not)."""
+        if isinstance(value, URL):  # a NamedTuple: not a list
+            return value
+        if isinstance(value, Mapping):
+            return {key: self.resolve(item, (*path, key)) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [self.resolve(item, (*path, index)) for index, item in enumerate(value)]
+        if isinstance(value, str):
+            return self.interpolate(value, path)
+        return value
+
+    def interpolate(self, text: str, path: KeyPath) -> str:
+        """``${NAME}``, ``${NAME:-default}`` and ``$$``; any other ``$`` is kept as written."""
+        parts: list[str] = []
+        start = 0
+        while (dollar := text.find("$", start)) >= 0:
+            parts.append(text[start:dollar])
+            following = text[dollar + 1 : dollar + 2]
+            if following == "$":
+                parts.append("$")
+                start = dollar + 2
+                continue
+            if following != "{":
+                parts.append("$")
+                start = dollar + 1
+                continue
+            end = text.find("}", dollar)
+            if end < 0:
+                raise self.error(path, "unterminated '${' (write a literal '$' as '$$')")
+            # Never echo the whole reference: a default may be a password.
+            name, has_default, default = text[dollar + 2 : end].partition(":-")
+            if not _VARIABLE.fullmatch(name):
+                raise self.error(
+                    path, f"invalid variable name {name!r}: use ${{NAME}} or ${{NAME:-default}}"
+                )
+            value = self.config_dir if name == "CONFIG_DIR" else self.env.get(name)
+            if has_default and not value:  # unset or empty, as the shell does
+                value = default
+            if value is None:
+                raise self.error(
+                    path,
+                    f"environment variable {name} is not set"
+                    f" (use ${{{name}:-default}} for a default)",
+                )
+            parts.append(value)
+            start = end + 1
+        parts.append(text[start:])
+        return "".join(parts)
+
+    # --- databases and engines ------------------------------------------------------------------
+
+    def database(self, path: KeyPath, name: str, spec: Any, defaults: _Options) -> DatabaseConfig:
+        if isinstance(spec, (str, URL)):
+            primary = self.engine(path, name, "primary", spec, defaults)
+            return DatabaseConfig(name, primary, (), MappingProxyType({}), RoutingConfig())
+        spec = self.mapping(path, spec, expected="a URL string or a mapping")
+        if "url" in spec and "primary" in spec:
+            raise self.error(
+                (*path, "url"), "give either 'url' or 'primary', not both", at_key=True
+            )
+        if "url" in spec and "replicas" in spec:
+            raise self.error(
+                (*path, "replicas"),
+                "a database given by 'url' has no replicas; use 'primary' and 'replicas'",
+                at_key=True,
+            )
+        self.known_keys(path, spec, _SINGLE_KEYS if "url" in spec else _PRIMARY_KEYS)
+        if "url" not in spec and "primary" not in spec:
+            raise self.error(path, "missing key 'primary' or 'url'")
+        shared = {**defaults, **self.options((*path, "options"), spec.get("options"))}
+        session = self.session((*path, "session"), spec.get("session"))
+        routing = self.routing((*path, "routing"), spec.get("routing"))
+        if "url" in spec:  # one engine, described by the database mapping itself
+            engine_spec = {key: spec[key] for key in ("url", "password_file") if key in spec}
+            primary = self.engine(path, name, "primary", engine_spec, shared, own_keys=False)
+            replicas: tuple[EngineConfig, ...] = ()
+        else:
+            primary = self.engine((*path, "primary"), name, "primary", spec["primary"], shared)
+            replicas = self.replicas((*path, "replicas"), name, spec.get("replicas"), shared)
+        return DatabaseConfig(name, primary, replicas, session, routing)
+
+    def replicas(
+        self, path: KeyPath, database: str, value: Any, shared: _Options
+    ) -> tuple[EngineConfig, ...]:
+        if value is None:
+            return ()
+        if isinstance(value, list):
+            named = [
+                (f"replica{index + 1}", (*path, index), spec) for index, spec in enumerate(value)
+            ]
+        else:
+            named = []
+            for name, spec in self.mapping(path, value, expected="a mapping or a list").items():
+                self.check_name((*path, name), name, "replica")
+                if name == "primary":
+                    raise self.error(
+                        (*path, name),
+                        "a replica cannot be named 'primary' (that names the database's primary)",
+                        at_key=True,
+                    )
+                named.append((name, (*path, name), spec))
+        return tuple(
+            self.engine(item_path, database, name, spec, shared) for name, item_path, spec in named
+        )
+
+    def engine(
+        self,
+        path: KeyPath,
+        database: str,
+        short: str,
+        spec: Any,
+        shared: _Options,
+        *,
+        own_keys: bool = True,
+    ) -> EngineConfig:
+        """One engine from a URL or a ``{url, options, password_file, weight}`` mapping."""
+        replica = short != "primary"  # no replica may be called "primary"
+        own: _Options = {}
+        weight = 1.0
+        if isinstance(spec, (str, URL)):
+            url, driver_path = self.url(path, spec)
+        else:
+            spec = self.mapping(path, spec, expected="a URL string or a mapping")
+            if own_keys:
+                if "weight" in spec and not replica:
+                    raise self.error(
+                        (*path, "weight"), "'weight' is only for replicas", at_key=True
+                    )
+                self.known_keys(path, spec, _REPLICA_KEYS if replica else _ENGINE_KEYS)
+                own = self.options((*path, "options"), spec.get("options"))
+            if "url" not in spec:
+                raise self.error(path, "missing key 'url'")
+            url, driver_path = self.url((*path, "url"), spec["url"])
+            if "password_file" in spec:
+                url = self.password_file((*path, "password_file"), spec["password_file"], url)
+            if "weight" in spec:
+                weight = self.number((*path, "weight"), spec["weight"], minimum=0, inclusive=True)
+        name = f"{database}.{short}"
+        options = {**shared, **own}
+        self.check_engine(name, url, driver_path, options)
+        return EngineConfig(
+            name=name,
+            database=database,
+            role="replica" if replica else "primary",
+            url=url,
+            options=MappingProxyType({key: value for key, (value, _) in options.items()}),
+            weight=weight,
+        )
+
+    def url(self, path: KeyPath, value: Any) -> tuple[URL, KeyPath]:
+        """The URL, and the path where its dialect+driver name is written."""
+        if isinstance(value, URL):
+            return value, path
+        if isinstance(value, str):
+            try:
+                return make_url(value), path
+            except (ArgumentError, ValueError):
+                # No "from": the parser's message may quote a piece of the password.
+                raise self.error(
+                    path,
+                    f"cannot parse URL {_mask_raw(value)!r}; "
+                    "expected dialect+driver://user:password@host:port/database",
+                ) from None
+        parts = self.mapping(path, value, expected="a URL string or a mapping")
+        self.known_keys(path, parts, _URL_KEYS)
+        if "drivername" not in parts:
+            raise self.error(path, "missing key 'drivername'")
+        kwargs: dict[str, Any] = {
+            "drivername": self.string((*path, "drivername"), parts["drivername"])
+        }
+        for key in ("username", "password", "host", "database"):
+            if parts.get(key) is not None:
+                kwargs[key] = self.string((*path, key), parts[key], secret=key == "password")
+        port = parts.get("port")
+        if isinstance(port, str) and port.isdigit():
+            port = int(port)  # from ${PORT}
+        if port is not None:
+            if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+                raise self.error((*path, "port"), f"expected a port number, got {_describe(port)}")
+            kwargs["port"] = port
+        if parts.get("query") is not None:
+            query = self.mapping((*path, "query"), parts["query"])
+            for key, item in query.items():
+                if not isinstance(item, str) and not (
+                    isinstance(item, list) and all(isinstance(one, str) for one in item)
+                ):
+                    raise self.error(
+                        (*path, "query", key),
+                        f"expected a string or a list of strings, got {_describe(item)}",
+                    )
+            kwargs["query"] = query
+        return URL.create(**kwargs), (*path, "drivername")
+
+    def password_file(self, path: KeyPath, value: Any, url: URL) -> URL:
+        relative = self.string(path, value)
+        if url.password is not None:
+            raise self.error(
+                path, "the URL already has a password; give it in one place", at_key=True
+            )
+        file = Path(self.config_dir, relative)
+        try:
+            password = file.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise self.error(
+                path, f"cannot read password file '{file}': {exc.strerror or exc}"
+            ) from exc
+        except UnicodeDecodeError:
+            raise self.error(path, f"cannot read password file '{file}': not valid UTF-8") from None
+        return url.set(password=password.rstrip("\r\n"))
+
+    def check_engine(self, name: str, url: URL, driver_path: KeyPath, options: _Options) -> None:
+        """What create_engine() would refuse: the dialect, its driver, and the options."""
+        dialect = self.dialect(driver_path, url)
+        values = {key: value for key, (value, _) in options.items()}
+        # The pool class decides which pool_* options exist (SQLite :memory: has no QueuePool).
+        pool = values.get("poolclass") or getattr(dialect, "get_pool_class", lambda _: None)(url)
+        # Same dialect, pool and option names -> same verdict: check each shape once.
+        shape = (url.drivername, pool, tuple(sorted(values)))
+        if shape in self.checked_options:
+            return
+        try:
+            # create_engine() opens no connection; it is the only complete list of what it takes.
+            sqlalchemy.create_engine(url, **values).dispose()
+        except TypeError as exc:
+            rejected = re.findall(r"'([^']+)'", str(exc).partition(" sent to ")[0])
+            bad = next((key for key in rejected if key in options), None)
+            if bad is None:
+                raise self.error(driver_path, f"create_engine() failed: {exc}") from exc
+            hint = closest(bad, _engine_option_names(dialect, pool))
+            raise self.error(
+                options[bad][1],
+                f"unknown create_engine() option {bad!r} for {name} ({url.drivername})"
+                + (f"; did you mean {hint!r}?" if hint else ""),
+                at_key=True,
+            ) from exc
+        except Exception as exc:
+            message = str(exc).replace(url.password, "***") if url.password else str(exc)
+            raise self.error(driver_path, f"create_engine() failed: {message}") from None
+        self.checked_options.add(shape)
+
+    def dialect(self, path: KeyPath, url: URL) -> type[Dialect]:
+        """The dialect class of ``url``, with its DBAPI module importable."""
+        if url.drivername in self.dialects:
+            return self.dialects[url.drivername]
+        backend, _, driver = url.drivername.partition("+")
+        try:
+            dialect = url.get_dialect()
+        except NoSuchModuleError:
+            if backend in _DIALECTS and driver:
+                hint = closest(driver, _driver_names(backend))
+                problem = f"unknown driver {driver!r} for dialect {backend!r}"
+            else:
+                hint = closest(backend, _DIALECTS)
+                problem = f"unknown dialect {backend!r}"
+            raise self.error(
+                path, problem + (f"; did you mean {hint!r}?" if hint else "")
+            ) from None
+        try:
+            dialect.import_dbapi()
+        except ImportError as exc:
+            module = (exc.name or dialect.driver).split(".")[0]
+            extra = _EXTRAS.get((dialect.name, dialect.driver), _PIP_NAMES.get(module, module))
+            raise self.error(
+                path, f"driver {dialect.driver!r} is not installed: pip install {extra}"
+            ) from exc
+        self.dialects[url.drivername] = dialect
+        return dialect
+
+    # --- sections -------------------------------------------------------------------------------
+
+    def options(self, path: KeyPath, value: Any) -> _Options:
+        if value is None:
+            return {}
+        return {key: (item, (*path, key)) for key, item in self.mapping(path, value).items()}
+
+    def session(self, path: KeyPath, value: Any) -> Mapping[str, Any]:
+        if value is None:
+            return MappingProxyType({})
+        session = self.mapping(path, value)
+        for key, item in session.items():
+            if key in ("bind", "binds"):
+                raise self.error((*path, key), f"{key!r} is set by multidb", at_key=True)
+            if key not in _SESSION_KEYS:
+                hint = closest(key, _SESSION_KEYS)
+                raise self.error(
+                    (*path, key),
+                    f"unknown sessionmaker option {key!r}"
+                    + (
+                        f"; did you mean {hint!r}?"
+                        if hint
+                        else f"; expected one of: {', '.join(_SESSION_KEYS)}"
+                    ),
+                    at_key=True,
+                )
+            if key in _SESSION_FLAGS and not isinstance(item, bool):
+                raise self.error((*path, key), f"expected true or false, got {_describe(item)}")
+        return MappingProxyType(session)
+
+    def routing(self, path: KeyPath, value: Any) -> RoutingConfig:
+        if value is None:
+            return RoutingConfig()
+        routing = self.mapping(path, value)
+        self.known_keys(path, routing, _ROUTING_KEYS)
+        kwargs: dict[str, Any] = {}
+        for key, item in routing.items():
+            at = (*path, key)
+            if key in ("policy", "default_role"):
+                kwargs[key] = self.choice(at, item, get_args(Policy if key == "policy" else Role))
+            elif key == "fallback_to_primary":
+                if not isinstance(item, bool):
+                    raise self.error(at, f"expected true or false, got {_describe(item)}")
+                kwargs[key] = item
+            elif key == "max_lag_seconds" and item is None:
+                kwargs[key] = None
+            else:
+                kwargs[key] = self.number(at, item, minimum=0, inclusive=key == "cooldown_seconds")
+        return RoutingConfig(**kwargs)
+
+    # --- values ---------------------------------------------------------------------------------
+
+    def mapping(self, path: KeyPath, value: Any, *, expected: str = "a mapping") -> dict[str, Any]:
+        if not isinstance(value, Mapping):
+            raise self.error(path, f"expected {expected}, got {_describe(value)}")
+        for key in value:
+            if not isinstance(key, str):
+                raise self.error(path, f"expected string keys, got {_describe(key)}")
+        return dict(value)
+
+    def known_keys(
+        self, path: KeyPath, mapping: Mapping[str, Any], allowed: tuple[str, ...]
+    ) -> None:
+        for key in mapping:
+            if key not in allowed:
+                hint = closest(key, allowed)
+                tail = (
+                    f"; did you mean {hint!r}?"
+                    if hint
+                    else f"; expected one of: {', '.join(allowed)}"
+                )
+                raise self.error((*path, key), f"unknown key {key!r}{tail}", at_key=True)
+
+    def check_name(self, path: KeyPath, name: str, kind: str) -> None:
+        if not _NAME.fullmatch(name):
+            raise self.error(
+                path,
+                f"invalid {kind} name {name!r}: use letters, digits, '_' and '-', "
+                "starting with a letter or '_'",
+                at_key=True,
+            )
+
+    def string(self, path: KeyPath, value: Any, *, secret: bool = False) -> str:
+        if not isinstance(value, str):
+            raise self.error(path, f"expected a string, got {_describe(value, secret=secret)}")
+        return value
+
+    def number(self, path: KeyPath, value: Any, *, minimum: float, inclusive: bool) -> float:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+            or value < minimum
+            or (value == minimum and not inclusive)
+        ):
+            bound = f"{'>=' if inclusive else '>'} {minimum:g}"
+            raise self.error(path, f"expected a number {bound}, got {_describe(value)}")
+        return float(value)
+
+    def choice(self, path: KeyPath, value: Any, choices: tuple[str, ...]) -> str:
+        if value not in choices:
+            listed = ", ".join(repr(choice) for choice in choices)
+            raise self.error(path, f"expected one of {listed}, got {_describe(value)}")
+        return str(value)
+
+
+def _describe(value: Any, *, secret: bool = False) -> str:
+    """How an error message shows a wrong value; a secret's value is never shown."""
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if secret:
+        return f"a value of type {type(value).__name__}"
+    if isinstance(value, str):
+        return repr(value if len(value) <= 60 else value[:57] + "...")
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return f"a {type(value).__name__}"
+
+
+def _mask_raw(text: str) -> str:
+    """A URL string that did not parse, with what looks like its password as ``***``."""
+    text = re.sub(r"^([^:/?#@]*://[^:/?#@]*:).*@", r"\1***@", text)
+    return re.sub(r"((?:pass|pwd|secret|token)[^=&]*=)[^&]*", r"\1***", text, flags=re.IGNORECASE)
+
+
+def _shown(value: Any, key: str = "") -> Any:
+    """``value`` as plain data for display, values under secret-looking keys as ``***``."""
+    if key and _SECRET.search(key) and value is not None:
+        return "***"
+    if isinstance(value, URL):
+        return mask_url(value)
+    if isinstance(value, Mapping):
+        return {name: _shown(item, str(name)) for name, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_shown(item) for item in value]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return repr(value)
+
+
+def _engine_option_names(dialect: type[Dialect], pool: Any) -> list[str]:
+    """Names create_engine() takes with this dialect and pool: the did-you-mean candidates."""
+    documented = re.findall(r":param (\w+)[=:]", sqlalchemy.create_engine.__doc__ or "")
+    names = {*documented, *get_cls_kwargs(dialect), "pool_use_lifo"}
+    if isinstance(pool, type):
+        names.update(name for name in get_cls_kwargs(pool) if name in ("pool_size", "max_overflow"))
+    return sorted(name for name in names if not name.startswith("_"))
+
+
+def _driver_names(backend: str) -> list[str]:
+    """The modules of one SQLAlchemy dialect package: the did-you-mean candidates for a driver."""
+    try:
+        package = __import__(f"sqlalchemy.dialects.{backend}", fromlist=["__path__"])
+    except ImportError:
+        return []
+    return [module.name for module in pkgutil.iter_modules(package.__path__)]
