@@ -1,0 +1,71 @@
+"""The ``multidb`` command: ``check`` connects to every engine, ``show`` prints the resolved config.
+
+Exit codes: 0 all is well, 1 an engine did not answer as configured, 2 a
+usage or config error (one line, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict
+
+import yaml
+
+from .config import load
+from .errors import ConfigError
+from .registry import EngineStatus, Registry
+
+__all__ = ["main"]
+
+DEFAULT_CONFIG = "config/databases.yaml"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    parser = argparse.ArgumentParser(
+        prog="multidb", description="Check and show a multidb config file."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    config_help = f"config file (default: $MULTIDB_CONFIG, else {DEFAULT_CONFIG})"
+    check = commands.add_parser("check", help="connect to every engine and report its status")
+    check.add_argument("config", nargs="?", help=config_help)
+    check.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    show = commands.add_parser("show", help="print the resolved config, passwords masked")
+    show.add_argument("config", nargs="?", help=config_help)
+    args = parser.parse_args(argv)
+
+    path = args.config or os.environ.get("MULTIDB_CONFIG") or DEFAULT_CONFIG
+    try:
+        config = load(path)
+    except ConfigError as exc:
+        print(f"multidb: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "show":
+        print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+        return 0
+    with Registry(config) as registry:
+        statuses = registry.health()
+    if args.json:
+        print(json.dumps([asdict(s) for s in statuses], indent=2))
+    else:
+        print(_table(statuses))
+    return 0 if all(s.ok for s in statuses) else 1
+
+
+def _table(statuses: Sequence[EngineStatus]) -> str:
+    rows = [("ENGINE", "ROLE", "URL", "STATUS", "LATENCY", "LAG", "")]
+    for s in statuses:
+        latency = "-" if s.latency_ms is None else f"{s.latency_ms:.1f} ms"
+        lag = "-" if s.lag_seconds is None else f"{s.lag_seconds:.1f} s"
+        rows.append(
+            (s.name, s.role, s.url, "OK" if s.ok else "FAIL", latency, lag, s.error or "")
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )

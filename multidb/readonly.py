@@ -1,0 +1,102 @@
+"""Backends' read-only modes, and the guard that refuses writes before they are sent.
+
+Two kinds of engine need them:
+
+- A replica engine is read-only for its whole life: each new DBAPI connection
+  is put in the backend's read-only mode once, when it connects, and every
+  write statement on it is refused before it reaches the server.
+- A primary engine is read-only only inside a read session's transaction
+  (``role="read"`` on a primary, or a read that fell back to it). The mode is
+  set when that transaction begins and never outlives it: PostgreSQL's
+  ``SET TRANSACTION READ ONLY`` and MySQL's ``START TRANSACTION READ ONLY``
+  end with the transaction; SQLite's ``PRAGMA query_only`` is switched off
+  again when the connection goes back to the pool.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from .errors import ReadOnlyError
+from .statements import Kind, classify_text
+
+__all__ = ["begin_read_only", "install_primary", "install_replica"]
+
+_FLAG = "multidb_read_only"
+
+# Statements that put one connection in read-only mode for good (replicas).
+_SESSION_READ_ONLY = {
+    "postgresql": "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY",
+    "mysql": "SET SESSION TRANSACTION READ ONLY",
+    "mariadb": "SET SESSION TRANSACTION READ ONLY",
+    "sqlite": "PRAGMA query_only = ON",
+}
+# Statements that make the transaction just begun read-only (primaries).
+_TRANSACTION_READ_ONLY = {
+    "postgresql": "SET TRANSACTION READ ONLY",
+    "mysql": "START TRANSACTION READ ONLY",
+    "mariadb": "START TRANSACTION READ ONLY",
+    "sqlite": "PRAGMA query_only = ON",
+}
+
+
+def install_replica(engine: Engine, name: str) -> None:
+    """Make every connection of ``engine`` read-only and refuse writes on it."""
+    sql = _SESSION_READ_ONLY.get(engine.dialect.name)
+
+    if sql is not None:
+
+        @event.listens_for(engine, "connect")
+        def _read_only(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+            cursor = dbapi_connection.cursor()
+            try:
+                cursor.execute(sql)
+            finally:
+                cursor.close()
+            if engine.dialect.name != "sqlite":
+                dbapi_connection.commit()
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _refuse_writes(
+        conn: Connection, cursor: Any, statement: str, parameters: Any, context: Any, many: bool
+    ) -> None:
+        if classify_text(statement) is Kind.WRITE:
+            raise ReadOnlyError(_refusal(name, statement))
+
+
+def install_primary(engine: Engine, name: str) -> None:
+    """Refuse writes on ``engine``'s connections while a read session holds them."""
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _refuse_writes(
+        conn: Connection, cursor: Any, statement: str, parameters: Any, context: Any, many: bool
+    ) -> None:
+        if _FLAG in conn.info and classify_text(statement) is Kind.WRITE:
+            raise ReadOnlyError(_refusal(name, statement))
+
+    reset = "PRAGMA query_only = OFF" if engine.dialect.name == "sqlite" else None
+
+    @event.listens_for(engine, "checkin")
+    def _end_read_only(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        if record.info.pop(_FLAG, None) and reset is not None and dbapi_connection is not None:
+            dbapi_connection.execute(reset)
+
+
+def begin_read_only(connection: Connection) -> None:
+    """Put the transaction ``connection`` has just begun on a primary in read-only mode."""
+    connection.info[_FLAG] = True
+    sql = _TRANSACTION_READ_ONLY.get(connection.dialect.name)
+    if sql is not None:
+        connection.exec_driver_sql(sql)
+
+
+def _refusal(name: str, statement: str) -> str:
+    first = " ".join(statement.split())[:60]
+    return (
+        f"{name}: refused to send {first!r} on a read-only connection, nothing was sent; "
+        "write in a session with role='write'"
+    )
