@@ -1,0 +1,76 @@
+"""Shared pytest fixtures.
+
+The harness that starts throw-away servers lives in ``tests/servers.py``
+(importable as ``servers``: pytest puts ``tests/`` on ``sys.path``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import NoReturn, TypeVar
+
+import pytest
+from servers import (
+    MariaDBCluster,
+    PostgresCluster,
+    mariadb_binaries_missing,
+    postgres_binaries_missing,
+    start_mariadb_cluster,
+    start_postgres_cluster,
+)
+
+# ---------------------------------------------------------------------------
+# Server clusters (session-scoped, started lazily by the first test that asks).
+# Mark tests that use them with @pytest.mark.postgresql / @pytest.mark.mariadb.
+# Unavailable servers skip those tests, except with CI=true where they fail.
+# ---------------------------------------------------------------------------
+
+C = TypeVar("C", PostgresCluster, MariaDBCluster)
+
+
+def _unavailable(reason: str) -> NoReturn:
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason)
+
+
+def _cluster(
+    kind: str, missing: Callable[[], str | None], start: Callable[[Path], C]
+) -> Iterator[C]:
+    reason = missing()
+    if reason is not None:
+        _unavailable(f"{kind} servers unavailable: {reason}")
+    # Not under /tmp/pytest-of-<user> (mode 0700): the servers run as postgres / mysql.
+    base = Path(tempfile.mkdtemp(prefix=f"multidb-{kind}-"))
+    base.chmod(0o755)
+    try:
+        cluster = start(base)
+    except Exception as exc:
+        shutil.rmtree(base, ignore_errors=True)
+        _unavailable(f"{kind} cluster could not start: {exc}")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PostgresCluster]:
+    """A PostgreSQL primary (``pg-primary``) with hot standbys ``pg-standby1``/``2``."""
+    yield from _cluster("postgresql", postgres_binaries_missing, start_postgres_cluster)
+
+
+@pytest.fixture(scope="session")
+def mariadb_cluster() -> Iterator[MariaDBCluster]:
+    """A MariaDB primary (``maria-primary``) with the read-only replica ``maria-replica1``."""
+    yield from _cluster("mariadb", mariadb_binaries_missing, start_mariadb_cluster)
+
+
+# ---------------------------------------------------------------------------
+# Other shared fixtures go below this line.
+# ---------------------------------------------------------------------------
