@@ -12,7 +12,8 @@ import functools
 import re
 from typing import Any
 
-from sqlalchemy.sql.ddl import ExecutableDDLElement
+from sqlalchemy.schema import ExecutableDDLElement
+from sqlalchemy.sql.expression import TextClause, TextualSelect
 
 __all__ = ["Kind", "classify", "classify_text"]
 
@@ -58,6 +59,10 @@ def classify(statement: Any) -> Kind:
     """Classify a Core or ORM statement object, or a SQL string."""
     if isinstance(statement, str):
         return classify_text(statement)
+    if isinstance(statement, TextClause):
+        return classify_text(statement.text)
+    if isinstance(statement, TextualSelect):  # text(...).columns(...)
+        return classify_text(statement.element.text)
     if getattr(statement, "is_select", False):
         # No public accessor says whether a SELECT locks rows; tests pin this attribute.
         if getattr(statement, "_for_update_arg", None) is not None:
@@ -65,6 +70,4 @@ def classify(statement: Any) -> Kind:
         return Kind.READ
     if getattr(statement, "is_dml", False) or isinstance(statement, ExecutableDDLElement):
         return Kind.WRITE
-    if getattr(statement, "is_text", False):
-        return classify_text(statement.text)
     return Kind.OTHER
