@@ -474,13 +474,18 @@ class _Builder:
             bad = next((key for key in rejected if key in options), None)
             if bad is None:
                 raise self.error(driver_path, f"create_engine() failed: {exc}") from exc
-            hint = closest(bad, _engine_option_names(dialect, pool))
-            raise self.error(
-                options[bad][1],
-                f"unknown create_engine() option {bad!r} for {name} ({url.drivername})"
-                + (f"; did you mean {hint!r}?" if hint else ""),
-                at_key=True,
-            ) from exc
+            known = _engine_option_names(dialect)
+            if bad in known:  # a real option that this dialect or pool does not take
+                pool_name = getattr(pool, "__name__", str(pool))
+                problem = (
+                    f"create_engine() option {bad!r} does not apply to {name}"
+                    f" ({url.drivername}, {pool_name})"
+                )
+            else:
+                hint = closest(bad, known)
+                problem = f"unknown create_engine() option {bad!r} for {name} ({url.drivername})"
+                problem += f"; did you mean {hint!r}?" if hint else ""
+            raise self.error(options[bad][1], problem, at_key=True) from exc
         except Exception as exc:
             message = str(exc).replace(url.password, "***") if url.password else str(exc)
             raise self.error(driver_path, f"create_engine() failed: {message}") from None
@@ -507,10 +512,14 @@ class _Builder:
             dialect.import_dbapi()
         except ImportError as exc:
             module = (exc.name or dialect.driver).split(".")[0]
-            extra = _EXTRAS.get((dialect.name, dialect.driver), _PIP_NAMES.get(module, module))
-            raise self.error(
-                path, f"driver {dialect.driver!r} is not installed: pip install {extra}"
-            ) from exc
+            extra = _EXTRAS.get((dialect.name, dialect.driver))
+            problem = f"driver {dialect.driver!r} is not installed: pip install "
+            problem += extra or _PIP_NAMES.get(module, module)
+            # SQLAlchemy's default driver may not be the one the extra installs.
+            other = next((k for k in _EXTRAS if k[0] == dialect.name), None) if not extra else None
+            if other is not None:
+                problem += f" (or write {other[0]}+{other[1]}:// and pip install {_EXTRAS[other]})"
+            raise self.error(path, problem) from exc
         self.dialects[url.drivername] = dialect
         return dialect
 
@@ -660,12 +669,10 @@ def _shown(value: Any, key: str = "") -> Any:
     return repr(value)
 
 
-def _engine_option_names(dialect: type[Dialect], pool: Any) -> list[str]:
-    """Names create_engine() takes with this dialect and pool: the did-you-mean candidates."""
+def _engine_option_names(dialect: type[Dialect]) -> list[str]:
+    """Names create_engine() documents plus the dialect's own: the did-you-mean candidates."""
     documented = re.findall(r":param (\w+)[=:]", sqlalchemy.create_engine.__doc__ or "")
     names = {*documented, *get_cls_kwargs(dialect), "pool_use_lifo"}
-    if isinstance(pool, type):
-        names.update(name for name in get_cls_kwargs(pool) if name in ("pool_size", "max_overflow"))
     return sorted(name for name in names if not name.startswith("_"))
 
 
