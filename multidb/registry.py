@@ -25,7 +25,8 @@ from typing import Any, Literal
 
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import orm
+from sqlalchemy.orm import Session
 
 from . import config as _config
 from .config import Config, DatabaseConfig, EngineConfig, Role
@@ -71,25 +72,25 @@ class Registry:
         self._engines: dict[str, Engine] = {}
         self._lock = threading.Lock()
         self._routers = {name: Router(db) for name, db in config.databases.items()}
-        self._makers: dict[str, sessionmaker[Any]] = {}
+        self._makers: dict[str, orm.sessionmaker[Session]] = {}
         for name, engine_config in self._engine_configs.items():
             database = self._database_of[name]
             if engine_config.role == "primary":
-                self._makers[name] = sessionmaker(**database.session)
+                self._makers[name] = orm.sessionmaker(**database.session)
             else:
-                self._makers[name] = sessionmaker(
+                self._makers[name] = orm.sessionmaker(
                     class_=ReadSession,
                     multidb_reads=self._source(database, pinned=name),
                     **database.session,
                 )
-        self._routed: dict[tuple[str, str], sessionmaker[Any]] = {}
+        self._routed: dict[tuple[str, str], orm.sessionmaker[Session]] = {}
         for name, database in config.databases.items():
             reads = self._source(database)
             self._routed[name, "write"] = self._makers[database.primary.name]
-            self._routed[name, "read"] = sessionmaker(
+            self._routed[name, "read"] = orm.sessionmaker(
                 class_=ReadSession, multidb_reads=reads, **database.session
             )
-            self._routed[name, "auto"] = sessionmaker(
+            self._routed[name, "auto"] = orm.sessionmaker(
                 class_=AutoSession, multidb_reads=reads, **database.session
             )
         self._watched = [
@@ -185,7 +186,7 @@ class Registry:
             install_primary(engine, engine_config.name)
         return engine
 
-    def sessionmaker(self, name: str, role: Role | None = None) -> sessionmaker[Any]:
+    def sessionmaker(self, name: str, role: Role | None = None) -> orm.sessionmaker[Session]:
         """A session factory.
 
         For an engine name without a role: that engine's configured session
@@ -198,7 +199,7 @@ class Registry:
             self.engine(name)  # binds the session class
         return maker
 
-    def _factory(self, name: str, role: str | None) -> sessionmaker[Any]:
+    def _factory(self, name: str, role: str | None) -> orm.sessionmaker[Session]:
         if role is not None and role not in _ROLES:
             raise RoutingError(
                 f"unknown role {role!r} for {name!r}: use 'write', 'read' or 'auto'"
@@ -225,7 +226,7 @@ class Registry:
             maker = self._routed.get(key)
             if maker is None:
                 database = self._database_of[name]
-                maker = self._routed[key] = sessionmaker(
+                maker = self._routed[key] = orm.sessionmaker(
                     class_=ReadSession,
                     multidb_reads=self._source(database, pinned=name),
                     **database.session,
@@ -326,7 +327,7 @@ class _SessionScope:
 
     __slots__ = ("_maker", "_session")
 
-    def __init__(self, maker: sessionmaker[Any]) -> None:
+    def __init__(self, maker: orm.sessionmaker[Session]) -> None:
         self._maker = maker
 
     def __enter__(self) -> Session:

@@ -62,7 +62,7 @@ def classify(statement: Any) -> Kind:
     if isinstance(statement, TextClause):
         return classify_text(statement.text)
     if isinstance(statement, TextualSelect):  # text(...).columns(...)
-        return classify_text(statement.element.text)
+        return classify_text(str(getattr(statement.element, "text", "")))
     if getattr(statement, "is_select", False):
         # No public accessor says whether a SELECT locks rows; tests pin this attribute.
         if getattr(statement, "_for_update_arg", None) is not None:
