@@ -300,10 +300,10 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 def _pg_bindir() -> Path | None:
     required = ("initdb", "pg_ctl", "postgres", "pg_basebackup")
-    candidates: list[Path] = []
-    if env := os.environ.get("MULTIDB_PG_BINDIR"):
-        candidates.append(Path(env))
-    candidates.append(Path("/usr/lib/postgresql/15/bin"))
+    if env := os.environ.get("MULTIDB_PG_BINDIR"):  # explicit: only there
+        bindir = Path(env)
+        return bindir if all((bindir / exe).is_file() for exe in required) else None
+    candidates = [Path("/usr/lib/postgresql/15/bin")]
     versioned = [p for p in Path("/usr/lib/postgresql").glob("*/bin") if p.parent.name.isdigit()]
     candidates += sorted(versioned, key=lambda p: int(p.parent.name), reverse=True)
     if pg_config := shutil.which("pg_config"):
@@ -321,7 +321,12 @@ def _pg_bindir() -> Path | None:
 
 
 def _mariadb_binaries() -> tuple[str, str] | None:
-    """(mariadbd, mariadb-install-db) or None."""
+    """(mariadbd, mariadb-install-db) or None; ``MULTIDB_MARIADB_BINDIR`` overrides PATH."""
+    if env := os.environ.get("MULTIDB_MARIADB_BINDIR"):  # explicit: only there
+        server_path, install_path = Path(env) / "mariadbd", Path(env) / "mariadb-install-db"
+        if server_path.is_file() and install_path.is_file():
+            return str(server_path), str(install_path)
+        return None
     server = shutil.which("mariadbd") or next(
         (p for p in ("/usr/sbin/mariadbd", "/usr/libexec/mariadbd") if os.path.isfile(p)), None
     )
@@ -348,6 +353,8 @@ def postgres_binaries_missing() -> str | None:
     if importlib.util.find_spec("psycopg2") is None:
         return "psycopg2 is not installed"
     if _pg_bindir() is None:
+        if env := os.environ.get("MULTIDB_PG_BINDIR"):
+            return f"initdb, pg_ctl, postgres or pg_basebackup missing in MULTIDB_PG_BINDIR={env}"
         return (
             "PostgreSQL server binaries (initdb, pg_ctl, postgres, pg_basebackup) not found "
             "in /usr/lib/postgresql/*/bin, pg_config --bindir or PATH; set MULTIDB_PG_BINDIR"
@@ -360,7 +367,10 @@ def mariadb_binaries_missing() -> str | None:
     if importlib.util.find_spec("pymysql") is None:
         return "PyMySQL is not installed"
     if _mariadb_binaries() is None:
-        return "MariaDB server binaries (mariadbd, mariadb-install-db) not found on PATH"
+        return (
+            "MariaDB server binaries (mariadbd, mariadb-install-db) not found on PATH "
+            "or in MULTIDB_MARIADB_BINDIR"
+        )
     return _user_problem("mysql")
 
 
