@@ -86,7 +86,6 @@ class Registry:
         self._routed: dict[tuple[str, str], orm.sessionmaker[Session]] = {}
         for name, database in config.databases.items():
             reads = self._source(database)
-            self._routed[name, "write"] = self._makers[database.primary.name]
             self._routed[name, "read"] = orm.sessionmaker(
                 class_=ReadSession, multidb_reads=reads, **database.session
             )
@@ -194,10 +193,7 @@ class Registry:
         with a role): a factory of sessions routed as ``role``, for
         ``scoped_session`` and framework dependencies.
         """
-        maker = self._factory(name, role)
-        if name in self._engine_configs:
-            self.engine(name)  # binds the session class
-        return maker
+        return self._factory(name, role)
 
     def _factory(self, name: str, role: str | None) -> orm.sessionmaker[Session]:
         if role is not None and role not in _ROLES:
@@ -210,7 +206,9 @@ class Registry:
             if database is None:
                 raise UnknownNameError(name, [*self.databases, *self.engine_names])
             role = role or database.routing.default_role
-            if role != "write" and self._watched and self._monitor is None:
+            if role == "write":
+                return self._bound(database.primary.name)
+            if self._watched and self._monitor is None:
                 self._start_monitor()
             return self._routed[name, role]
         # An engine name pins the session to that engine.
@@ -220,7 +218,7 @@ class Registry:
                     f"{name} is a replica: it cannot take role='write'; "
                     f"use {engine_config.database!r} or {engine_config.database}.primary to write"
                 )
-            return self._makers[name]
+            return self._bound(name)
         if role == "read":
             key = (name, "read")
             maker = self._routed.get(key)
@@ -232,6 +230,12 @@ class Registry:
                     **database.session,
                 )
             return maker
+        return self._bound(name)
+
+    def _bound(self, name: str) -> orm.sessionmaker[Session]:
+        """The configured session class of engine ``name``, bound on first use."""
+        if name not in self._engines:
+            self.engine(name)
         return self._makers[name]
 
     # -- sessions -------------------------------------------------------------

@@ -91,6 +91,7 @@ class EngineStats:
     error_ejections: int  # times it was left out after a connection failure
     lag_ejections: int  # times it was left out for lag or stopped replication
     lag_probes: int  # lag measurements taken
+    in_rotation: bool  # whether reads may go to it now (weight > 0, not left out)
 
 
 class _Replica:
@@ -244,10 +245,19 @@ class Router:
 
     def stats(self) -> list[EngineStats]:
         """A snapshot of the counters of this database's engines, primary first."""
+        now = self._clock()
         with self._lock:
-            rows = [EngineStats(self.primary, 0, self._fallbacks, 0, 0, 0)]
+            rows = [EngineStats(self.primary, 0, self._fallbacks, 0, 0, 0, True)]
             rows += [
-                EngineStats(r.name, r.sessions, 0, r.error_ejections, r.lag_ejections, r.lag_probes)
+                EngineStats(
+                    r.name,
+                    r.sessions,
+                    0,
+                    r.error_ejections,
+                    r.lag_ejections,
+                    r.lag_probes,
+                    r.weight > 0 and r.down_until <= now and r.lag_ok,
+                )
                 for r in self._replicas.values()
             ]
         return rows
