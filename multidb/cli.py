@@ -42,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load(path)
     except ConfigError as exc:
-        print(f"multidb: {exc}", file=sys.stderr)
+        print(exc, file=sys.stderr)
         return 2
     if args.command == "show":
         print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")

@@ -23,7 +23,7 @@ __all__ = [
 
 
 class MultiDBError(Exception):
-    """Raised for every error multidb itself detects; the root of the rest."""
+    """Raised when multidb itself detects an error; the root of all the others."""
 
 
 class ConfigError(MultiDBError, ValueError):

@@ -134,14 +134,7 @@ def test_error_classes_are_also_the_builtin_error_they_resemble(
 @pytest.mark.parametrize(
     "cls",
     [
-        pytest.param(
-            multidb.MultiDBError,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="errors.py: the root's docstring reads 'Raised for every error ...'",
-            ),
-        ),
-        *ERROR_CLASSES[1:],
+        *ERROR_CLASSES,
     ],
     ids=lambda c: c.__name__,
 )

@@ -203,7 +203,7 @@ def test_check_without_argument_or_env_or_default_file_exits_2_naming_the_defaul
     run = cli(capsys, "check")
     assert (run.code, run.out) == (2, "")
     assert run.err == (
-        "multidb: config/databases.yaml: cannot read config file: No such file or directory\n"
+        "config/databases.yaml: cannot read config file: No such file or directory\n"
     )
 
 
@@ -289,14 +289,14 @@ def test_config_error_exits_2_with_one_file_line_column_line_on_stderr(
     path = bad_config(tmp_path)
     run = cli(capsys, command, str(path))
     assert (run.code, run.out) == (2, "")
-    assert run.err == f"multidb: {BAD_MESSAGE.format(path=path)}\n"
+    assert run.err == f"{BAD_MESSAGE.format(path=path)}\n"
 
 
 def test_config_error_in_a_real_process_prints_no_traceback(tmp_path: Path) -> None:
     path = bad_config(tmp_path)
     run = run_module("check", str(path), cwd=tmp_path)
     assert (run.code, run.out) == (2, "")
-    assert run.err == f"multidb: {BAD_MESSAGE.format(path=path)}\n"
+    assert run.err == f"{BAD_MESSAGE.format(path=path)}\n"
     assert "Traceback" not in run.err
 
 
@@ -307,7 +307,7 @@ def test_yaml_syntax_error_exits_2_with_position(
     run = cli(capsys, "check", str(path))
     assert (run.code, run.out) == (2, "")
     assert run.err.count("\n") == 1
-    assert re.match(rf"^multidb: {re.escape(str(path))}:\d+:\d+: ", run.err), run.err
+    assert re.match(rf"^{re.escape(str(path))}:\d+:\d+: ", run.err), run.err
 
 
 @pytest.mark.parametrize("command", ["check", "show"])
@@ -317,7 +317,7 @@ def test_missing_config_file_exits_2_with_one_line_naming_the_path_and_why(
     path = tmp_path / "nope.yaml"
     run = cli(capsys, command, str(path))
     assert (run.code, run.out) == (2, "")
-    assert run.err == f"multidb: {path}: cannot read config file: No such file or directory\n"
+    assert run.err == f"{path}: cannot read config file: No such file or directory\n"
 
 
 def test_config_path_that_is_a_directory_exits_2_with_one_line(
@@ -325,7 +325,7 @@ def test_config_path_that_is_a_directory_exits_2_with_one_line(
 ) -> None:
     run = cli(capsys, "check", str(tmp_path))
     assert (run.code, run.out) == (2, "")
-    assert run.err == f"multidb: {tmp_path}: cannot read config file: Is a directory\n"
+    assert run.err == f"{tmp_path}: cannot read config file: Is a directory\n"
 
 
 # --- show -----------------------------------------------------------------------------------
