@@ -162,6 +162,9 @@ def mask_url(url: URL) -> str:
     """``url`` as a string with its password (and secret-looking query values) as ``***``."""
     query = {key: _MASK if _SECRET.search(key) else value for key, value in url.query.items()}
     text = url.set(query=query).render_as_string(hide_password=True)
+    if url.get_backend_name() == "sqlite" and url.database:
+        # SQLAlchemy quotes the ':' of "file:PATH" (URI mode); show the path as written.
+        text = text.replace(url.database.replace(":", "%3A"), url.database, 1)
     return text.replace(_MASK, "***")
 
 
