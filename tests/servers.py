@@ -256,7 +256,11 @@ _safety_net: set[str] = set()  # which of "atexit" / "sigterm" are installed
 
 
 def _install_safety_net() -> None:
-    """Crash-stop our servers at interpreter exit and on SIGTERM (if nobody handles it)."""
+    """Crash-stop our servers at interpreter exit and on SIGTERM (if nobody handles it).
+
+    On SIGTERM the servers are stopped at once and ``KeyboardInterrupt`` is raised,
+    so pytest tears down as after Ctrl-C.
+    """
     with _live_lock:
         if "atexit" not in _safety_net:
             _safety_net.add("atexit")
@@ -290,9 +294,9 @@ def _stop_all_live() -> None:
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    """Stop our servers now, then unwind like Ctrl-C so finalizers (temp dirs) run too."""
     _stop_all_live()
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    os.kill(os.getpid(), signal.SIGTERM)
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 # --------------------------------------------------------------------------- binaries
@@ -395,6 +399,9 @@ synchronous_commit = on
 wal_level = replica
 max_wal_senders = 10
 max_replication_slots = 10
+# Concurrent pg_basebackups each force a segment switch + checkpoint before their
+# slot (-C) exists; keep recent WAL so one cannot recycle the other's start segment.
+wal_keep_size = 64MB
 min_wal_size = 32MB
 max_wal_size = 128MB
 hot_standby = on
