@@ -67,8 +67,13 @@ def pg_cluster() -> Iterator[PostgresCluster]:
 
 @pytest.fixture(scope="session")
 def mariadb_cluster() -> Iterator[MariaDBCluster]:
-    """A MariaDB primary (``maria-primary``) with the read-only replica ``maria-replica1``."""
-    yield from _cluster("mariadb", mariadb_binaries_missing, start_mariadb_cluster)
+    """A MariaDB primary (``maria-primary``) with read-only replicas ``maria-replica1``/``2``.
+
+    Two replicas, like PostgreSQL, so routing tests can run on both backends alike.
+    """
+    yield from _cluster(
+        "mariadb", mariadb_binaries_missing, lambda base: start_mariadb_cluster(base, replicas=2)
+    )
 
 
 # ---------------------------------------------------------------------------

@@ -124,19 +124,20 @@ def _maria_ids(server: MariaDBServer, table: str) -> list[int]:
 
 
 @pytest.mark.mariadb
-def test_maria_primary_and_replica_have_different_server_ids(
+def test_maria_primary_and_each_replica_have_different_server_ids(
     mariadb_cluster: MariaDBCluster,
 ) -> None:
-    (replica,) = mariadb_cluster.replicas
-    assert replica.name == "maria-replica1"
+    assert [r.name for r in mariadb_cluster.replicas] == ["maria-replica1", "maria-replica2"]
     assert mariadb_cluster.primary.query("SELECT @@server_id") == [(1,)]
-    assert replica.query("SELECT @@server_id") == [(2,)]
+    replica_ids = [r.query("SELECT @@server_id")[0][0] for r in mariadb_cluster.replicas]
+    assert replica_ids == [2, 3]
 
 
 @pytest.mark.mariadb
-def test_maria_replica_is_read_only_and_primary_is_not(mariadb_cluster: MariaDBCluster) -> None:
+def test_maria_replicas_are_read_only_and_primary_is_not(mariadb_cluster: MariaDBCluster) -> None:
     assert mariadb_cluster.primary.query("SELECT @@read_only", admin=False) == [(0,)]
-    assert mariadb_cluster.replicas[0].query("SELECT @@read_only", admin=False) == [(1,)]
+    for replica in mariadb_cluster.replicas:
+        assert replica.query("SELECT @@read_only", admin=False) == [(1,)]
 
 
 @pytest.mark.mariadb
@@ -144,11 +145,12 @@ def test_maria_row_inserted_on_primary_replicates_to_replica(
     mariadb_cluster: MariaDBCluster,
 ) -> None:
     table = _table("maria_repl")
-    primary, replica = mariadb_cluster.primary, mariadb_cluster.replicas[0]
+    primary = mariadb_cluster.primary
     primary.query(f"CREATE TABLE {table} (id int PRIMARY KEY)", admin=False)
     primary.query(f"INSERT INTO {table} VALUES (1)", admin=False)
     mariadb_cluster.wait_caught_up()
-    assert _maria_ids(replica, table) == [1]
+    for replica in mariadb_cluster.replicas:
+        assert _maria_ids(replica, table) == [1]
 
 
 @pytest.mark.mariadb
@@ -167,11 +169,11 @@ def test_maria_app_user_cannot_insert_on_read_only_replica_but_can_see_slave_sta
 
 
 @pytest.mark.mariadb
-def test_maria_paused_sql_thread_holds_back_new_row_until_resumed(
+def test_maria_paused_sql_thread_holds_back_new_row_until_resumed_while_other_replica_gets_it(
     mariadb_cluster: MariaDBCluster,
 ) -> None:
     table = _table("maria_pause")
-    primary, replica = mariadb_cluster.primary, mariadb_cluster.replicas[0]
+    primary, (replica, other) = mariadb_cluster.primary, mariadb_cluster.replicas
     primary.query(f"CREATE TABLE {table} (id int PRIMARY KEY)", admin=False)
     mariadb_cluster.wait_caught_up()
     replica.pause_replay()
@@ -187,6 +189,7 @@ def test_maria_paused_sql_thread_holds_back_new_row_until_resumed(
             timeout=10,
             message="replica IO thread did not receive the insert",
         )
+        assert _maria_ids(other, table) == [1]
         assert _maria_ids(replica, table) == []
         assert replica.slave_status()["Slave_SQL_Running"] == "No"
     finally:
