@@ -19,6 +19,15 @@ that user. As any other user, everything runs as the current user.
 
 Admin SQL uses psycopg2 / PyMySQL directly (short connect timeouts), never
 SQLAlchemy.
+
+API: ``start_postgres_cluster(base, standbys=2)`` / ``start_mariadb_cluster(base,
+replicas=1)`` return a cluster with ``primary``, ``replicas`` (PostgreSQL also
+``standbys``), ``servers``, ``server(name)``, ``wait_caught_up(timeout=10)`` and
+``stop()``. Each server has ``name``, ``host``, ``port``, ``url()``, ``admin_url()``,
+``query(sql, params, admin=True)``, ``connect(admin=True)``, ``stop(crash=True)``,
+``start()``, ``is_running()``; replicas also ``pause_replay()``, ``resume_replay()``,
+``replay_paused``. ``wait_until(predicate, timeout)`` replaces sleeps in tests;
+``*_binaries_missing()`` say why servers cannot run here (None when they can).
 """
 
 from __future__ import annotations
@@ -378,11 +387,13 @@ def mariadb_binaries_missing() -> str | None:
     return _user_problem("mysql")
 
 
-def server_binaries_missing(kind: Literal["postgresql", "mariadb"]) -> str | None:
-    """None when clusters of ``kind`` can be started here, else a reason string."""
+def server_binaries_missing(kind: Literal["postgresql", "mariadb"] | None = None) -> str | None:
+    """None when clusters of ``kind`` (default: both kinds) can be started, else why not."""
     if kind == "postgresql":
         return postgres_binaries_missing()
-    return mariadb_binaries_missing()
+    if kind == "mariadb":
+        return mariadb_binaries_missing()
+    return postgres_binaries_missing() or mariadb_binaries_missing()
 
 
 # --------------------------------------------------------------------------- PostgreSQL
