@@ -61,9 +61,7 @@ def _table(statuses: Sequence[EngineStatus]) -> str:
     for s in statuses:
         latency = "-" if s.latency_ms is None else f"{s.latency_ms:.1f} ms"
         lag = "-" if s.lag_seconds is None else f"{s.lag_seconds:.1f} s"
-        rows.append(
-            (s.name, s.role, s.url, "OK" if s.ok else "FAIL", latency, lag, s.error or "")
-        )
+        rows.append((s.name, s.role, s.url, "OK" if s.ok else "FAIL", latency, lag, s.error or ""))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()

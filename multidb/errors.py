@@ -58,7 +58,9 @@ class ConfigError(MultiDBError, ValueError):
 class UnknownNameError(MultiDBError, LookupError):
     """Raised when a database or engine name is not in the registry."""
 
-    def __init__(self, name: str, known: Iterable[str], *, kind: str = "database or engine") -> None:
+    def __init__(
+        self, name: str, known: Iterable[str], *, kind: str = "database or engine"
+    ) -> None:
         self.name = name
         self.known = tuple(known)
         self.suggestion = closest(name, self.known)

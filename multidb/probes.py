@@ -71,7 +71,9 @@ def _mysql(connection: Connection, role: EngineRole) -> ServerState:
     if role == "primary":
         error = "configured as primary but the server is read_only" if read_only else None
         return ServerState(None, error)
-    error = None if read_only else "configured as replica but the server is writable (read_only is off)"
+    error = (
+        None if read_only else "configured as replica but the server is writable (read_only is off)"
+    )
     try:
         status = connection.execute(text("SHOW REPLICA STATUS")).mappings().first()
     except DBAPIError:

@@ -23,9 +23,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, orm, text
 from sqlalchemy.engine import Engine
-from sqlalchemy import orm
 from sqlalchemy.orm import Session
 
 from . import config as _config
@@ -109,7 +108,9 @@ class Registry:
         return cls(_config.load(path, env=env))
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, env: Mapping[str, str] | None = None) -> Registry:
+    def from_dict(
+        cls, data: Mapping[str, Any], *, env: Mapping[str, str] | None = None
+    ) -> Registry:
         """Check a config given as a mapping; raises ConfigError, opens no connection."""
         return cls(_config.from_dict(data, env=env))
 
@@ -197,9 +198,7 @@ class Registry:
 
     def _factory(self, name: str, role: str | None) -> orm.sessionmaker[Session]:
         if role is not None and role not in _ROLES:
-            raise RoutingError(
-                f"unknown role {role!r} for {name!r}: use 'write', 'read' or 'auto'"
-            )
+            raise RoutingError(f"unknown role {role!r} for {name!r}: use 'write', 'read' or 'auto'")
         engine_config = self._engine_configs.get(name)
         if engine_config is None:
             database = self.config.databases.get(name)

@@ -237,7 +237,9 @@ class Router:
         if changed:
             state = "back in rotation" if replica.lag_ok else "left out"
             lag_text = "unknown or replication stopped" if lag is None else f"{lag:.2f}s"
-            log.info("%s: replica %s %s: lag %s (max %ss)", self.database, name, state, lag_text, limit)
+            log.info(
+                "%s: replica %s %s: lag %s (max %ss)", self.database, name, state, lag_text, limit
+            )
 
     def lag(self, name: str) -> float | None:
         with self._lock:

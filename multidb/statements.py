@@ -23,12 +23,27 @@ class Kind(enum.Enum):
 
     READ = "read"  # a SELECT without a locking clause: a replica may run it
     WRITE = "write"  # DML, DDL, a locking SELECT or textual SQL that writes: refused when read-only
-    OTHER = "other"  # anything else (SHOW, SET, CALL ...): the primary, or the server's read-only mode
+    OTHER = (
+        "other"  # anything else (SHOW, SET, CALL ...): the primary, or the server's read-only mode
+    )
 
 
 # Keywords that make textual SQL a write, refused in a read session (SPEC section 2).
 _WRITE_KEYWORDS = frozenset(
-    "INSERT UPDATE DELETE MERGE REPLACE UPSERT CREATE ALTER DROP TRUNCATE GRANT REVOKE".split()
+    [
+        "INSERT",
+        "UPDATE",
+        "DELETE",
+        "MERGE",
+        "REPLACE",
+        "UPSERT",
+        "CREATE",
+        "ALTER",
+        "DROP",
+        "TRUNCATE",
+        "GRANT",
+        "REVOKE",
+    ]
 )
 _LEADING_NOISE = re.compile(r"(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*", re.DOTALL)
 _FIRST_WORD = re.compile(r"[A-Za-z]+")

@@ -77,7 +77,9 @@ def _backend(kind: str, cluster: Cluster) -> Backend:
         names = {s.port: s.name for s in cluster.servers}
         return Backend(kind, cluster, "SELECT inet_server_port()", names)
     assert isinstance(cluster, MariaDBCluster)
-    return Backend(kind, cluster, "SELECT @@server_id", {s.server_id: s.name for s in cluster.servers})
+    return Backend(
+        kind, cluster, "SELECT @@server_id", {s.server_id: s.name for s in cluster.servers}
+    )
 
 
 @pytest.fixture(

@@ -166,21 +166,22 @@ def test_weight_zero_takes_a_replica_out_of_rotation(tmp_path: Path) -> None:
 
 
 def test_read_session_refuses_a_flush_before_any_sql(dbs: Registry, seen: Seen) -> None:
-    with pytest.raises(ReadOnlyError, match="a read session cannot flush changes"):  # noqa: PT012
-        with dbs.session("main", role="read") as s:
-            s.add(User(name="bob"))
+    with (
+        pytest.raises(ReadOnlyError, match="a read session cannot flush changes"),
+        dbs.session("main", role="read") as s,
+    ):
+        s.add(User(name="bob"))
     assert seen.statements == []
     with dbs.session("main") as s:
         assert s.scalar(select(func.count(User.id))) == 1
 
 
 def test_read_session_refuses_a_changed_object(dbs: Registry, seen: Seen) -> None:
-    with pytest.raises(ReadOnlyError):  # noqa: PT012
-        with dbs.session("main", role="read") as s:
-            user = s.get(User, 1)
-            assert user is not None
-            user.name = "eve"
-            s.flush()
+    with pytest.raises(ReadOnlyError), dbs.session("main", role="read") as s:
+        user = s.get(User, 1)
+        assert user is not None
+        user.name = "eve"
+        s.flush()
     assert all(sql.startswith(("SELECT", "PRAGMA")) for _, sql in seen.statements)
 
 
@@ -226,7 +227,7 @@ def test_read_session_on_the_primary_is_in_sqlite_query_only_mode(dbs: Registry)
         assert s.execute(text("PRAGMA query_only")).scalar() == 1
         raw = s.connection().connection.dbapi_connection
         assert raw is not None
-        with pytest.raises(Exception, match="readonly|read-only|query_only"):
+        with pytest.raises(Exception, match=r"readonly|read-only|query_only"):
             raw.execute("INSERT INTO users (name) VALUES ('x')")
 
 
@@ -252,6 +253,7 @@ def test_reads_that_fall_back_to_the_primary_are_read_only(tmp_path: Path) -> No
     }
     with build(config) as registry:
         with registry.session("main", role="read") as s:
+            assert isinstance(s, multidb.ReadSession)
             assert s.execute(text("PRAGMA query_only")).scalar() == 1
             assert s.reader == "main.primary"
         with registry.session("main") as s:
@@ -260,6 +262,7 @@ def test_reads_that_fall_back_to_the_primary_are_read_only(tmp_path: Path) -> No
 
 def test_a_database_without_replicas_reads_read_only_from_its_primary(dbs: Registry) -> None:
     with dbs.session("solo", role="read") as s:
+        assert isinstance(s, multidb.ReadSession)
         assert s.scalar(select(User.name)) == "ada"
         assert s.reader == "solo.primary"
         assert s.execute(text("PRAGMA query_only")).scalar() == 1
@@ -364,7 +367,7 @@ def test_an_engine_name_pins_the_session(dbs: Registry, seen: Seen) -> None:
 
 
 def test_write_role_on_a_replica_is_a_routing_error(dbs: Registry) -> None:
-    with pytest.raises(RoutingError, match="main.a is a replica"):
+    with pytest.raises(RoutingError, match=r"main\.a is a replica"):
         dbs.session("main.a", role="write")
 
 
@@ -431,17 +434,22 @@ def test_no_fallback_raises_no_replica_available(tmp_path: Path) -> None:
     config["databases"]["main"]["replicas"]["b"] = config["databases"]["main"]["replicas"]["a"]
     with build(config) as registry:
         seen = Seen(registry)
-        with pytest.raises(NoReplicaAvailableError, match="fallback_to_primary is false"):  # noqa: PT012
-            with registry.session("main", role="read") as s:
-                s.scalar(select(User.name))
+        with (
+            pytest.raises(NoReplicaAvailableError, match="fallback_to_primary is false"),
+            registry.session("main", role="read") as s,
+        ):
+            s.scalar(select(User.name))
         assert seen.statements == []
 
 
 def test_auto_session_survives_a_dead_replica(tmp_path: Path) -> None:
-    with build(dead_replica_config(tmp_path)) as registry:
-        with registry.session("main", role="auto") as s:
-            assert s.scalar(select(User.name)) == "ada"
-            assert s.reader == "main.b"
+    with (
+        build(dead_replica_config(tmp_path)) as registry,
+        registry.session("main", role="auto") as s,
+    ):
+        assert isinstance(s, multidb.AutoSession)
+        assert s.scalar(select(User.name)) == "ada"
+        assert s.reader == "main.b"
 
 
 def test_a_failure_after_the_first_read_is_not_retried(dbs: Registry) -> None:
@@ -509,10 +517,12 @@ def test_registry_is_safe_to_share_between_threads(dbs: Registry) -> None:
 
 
 def test_every_routing_decision_is_logged(dbs: Registry, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.DEBUG, logger="multidb.routing"):
-        with dbs.session("main", role="auto") as s:
-            s.scalar(select(User.name))
-            s.add(User(name="bob"))
+    with (
+        caplog.at_level(logging.DEBUG, logger="multidb.routing"),
+        dbs.session("main", role="auto") as s,
+    ):
+        s.scalar(select(User.name))
+        s.add(User(name="bob"))
     messages = [r.getMessage() for r in caplog.records if r.name == "multidb.routing"]
     assert any(m.startswith("main: read -> main.") for m in messages)
     assert "main: a flush -> main.primary (auto: first statement that is not a read)" in messages
