@@ -1,0 +1,73 @@
+"""The benchmark scripts keep working: each runs with a tiny N on SQLite and prints its table.
+
+Only the shape of the output is checked, never a time.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _script(name: str) -> ModuleType:
+    """Import a benchmark script by its file name (hotpath.py imports overhead.py so too)."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+def test_overhead_prints_each_contender_row(capsys: pytest.CaptureFixture[str]) -> None:
+    """overhead.py: a row with us/op and a ratio for each fitting (workload, contender) pair."""
+    assert _script("overhead").main(["--rounds", "1", "--n", "3", "--backend", "sqlite"]) == 0
+    out = capsys.readouterr().out
+    reads = [
+        "floor-write",
+        "floor-read",
+        "multidb-write",
+        "multidb-read",
+        "multidb-auto",
+        "routing",
+    ]
+    writes = ["floor-write", "multidb-write", "multidb-auto", "routing"]
+    expected = {"W1": reads, "W2": reads, "W3": writes, "W4": writes}
+    rows = re.findall(r"^(W\d)\s+(\S+)\s+[\d.]+\s+[\d.]+x\s+(floor-\w+)$", out, re.MULTILINE)
+    assert sorted((w, c) for w, c, _ in rows) == sorted(
+        (w, c) for w, contenders in expected.items() for c in contenders
+    )
+    floors = {c: f for _, c, f in rows}
+    assert floors["multidb-read"] == "floor-read"
+    assert floors["multidb-auto"] == floors["multidb-write"] == "floor-write"
+
+
+def test_overhead_lag_prints_on_off_ratios(capsys: pytest.CaptureFixture[str]) -> None:
+    """overhead.py --lag: an on/off ratio for each role on each workload it fits."""
+    assert _script("overhead").main(["--rounds", "1", "--n", "3", "--lag"]) == 0
+    out = capsys.readouterr().out
+    rows = re.findall(r"^(W\d)\s+(write|read|auto)\s+[\d.]+\s+[\d.]+\s+[\d.]+x$", out, re.MULTILINE)
+    assert len(rows) == 10  # write and auto on W1-W4, read on W1-W2
+    assert "lag probes" in out
+
+
+def test_startup_builds_without_connecting(capsys: pytest.CaptureFixture[str]) -> None:
+    """startup.py: both variants build every engine name and open no connection."""
+    assert _script("startup").main(["--databases", "5", "--replicas", "2", "--builds", "1"]) == 0
+    out = capsys.readouterr().out
+    rows = re.findall(r"^(sqlite|postgresql)\s+(\d+)\s+[\d.]+\s+(\d+)\s+(\d+)$", out, re.MULTILINE)
+    assert rows == [("sqlite", "15", "0", "0"), ("postgresql", "15", "0", "0")]
+
+
+def test_hotpath_lists_where_the_extra_time_goes(capsys: pytest.CaptureFixture[str]) -> None:
+    """hotpath.py: a section per profiled pair, each listing functions."""
+    assert _script("hotpath").main(["--n", "3", "--repeat", "1", "--top", "2"]) == 0
+    out = capsys.readouterr().out
+    assert len(re.findall(r"^multidb-\w+ W\d: ", out, re.MULTILINE)) == 5
+    assert len(re.findall(r"^\s+[+-][\d.]+ us/op", out, re.MULTILINE)) == 10
