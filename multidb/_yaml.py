@@ -84,11 +84,38 @@ class _Loader(yaml.SafeLoader):
         return node
 
 
+_CParser: Any = getattr(yaml, "CParser", None)  # libyaml, when PyYAML was built with it
+
+
+class _FastLoader(_Loader, _CParser or object):  # type: ignore[misc]
+    """libyaml's parser under the same composer: the pure-Python scanner is most of a load."""
+
+    def __init__(self, stream: str) -> None:
+        _CParser.__init__(self, stream)
+        yaml.composer.Composer.__init__(self)
+        yaml.constructor.SafeConstructor.__init__(self)
+        yaml.resolver.Resolver.__init__(self)
+        self.explicit_tags = {}
+
+    if _CParser is not None:
+        # _Loader's bases bring PyYAML's Python parser; take the events from libyaml's.
+        check_event = _CParser.check_event
+        peek_event = _CParser.peek_event
+        get_event = _CParser.get_event
+        dispose = _CParser.dispose
+
+
 def parse(text: str, source: str) -> Document:
     """Parse YAML ``text`` read from ``source`` into a :class:`Document`."""
-    loader = _Loader(text)
+    loader = _FastLoader(text) if _CParser is not None else _Loader(text)
     try:
-        root = loader.get_single_node()
+        try:
+            root = loader.get_single_node()
+        except yaml.YAMLError:
+            # libyaml words its errors differently: let PyYAML's parser find and word it.
+            loader.dispose()
+            loader = _Loader(text)
+            root = loader.get_single_node()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         problem = exc.problem or exc.context or "cannot parse"

@@ -60,23 +60,23 @@ def install_replica(engine: Engine, name: str) -> None:
             if engine.dialect.name != "sqlite":
                 dbapi_connection.commit()
 
-    @event.listens_for(engine, "before_cursor_execute")
-    def _refuse_writes(
-        conn: Connection, cursor: Any, statement: str, parameters: Any, context: Any, many: bool
-    ) -> None:
+    def _refuse_writes(cursor: Any, statement: str, *args: Any) -> None:
         if classify_text(statement) is Kind.WRITE:
             raise ReadOnlyError(_refusal(name, statement))
+
+    _guard(engine, _refuse_writes)
 
 
 def install_primary(engine: Engine, name: str) -> None:
     """Refuse writes on ``engine``'s connections while a read session holds them."""
 
-    @event.listens_for(engine, "before_cursor_execute")
-    def _refuse_writes(
-        conn: Connection, cursor: Any, statement: str, parameters: Any, context: Any, many: bool
-    ) -> None:
-        if _FLAG in conn.info and classify_text(statement) is Kind.WRITE:
+    def _refuse_writes(cursor: Any, statement: str, parameters: Any, context: Any = None) -> None:
+        if context is None:  # do_execute_no_params passes (cursor, statement, context)
+            context = parameters
+        if _FLAG in context.root_connection.info and classify_text(statement) is Kind.WRITE:
             raise ReadOnlyError(_refusal(name, statement))
+
+    _guard(engine, _refuse_writes)
 
     reset = "PRAGMA query_only = OFF" if engine.dialect.name == "sqlite" else None
 
@@ -84,6 +84,18 @@ def install_primary(engine: Engine, name: str) -> None:
     def _end_read_only(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
         if record.info.pop(_FLAG, None) and reset is not None and dbapi_connection is not None:
             dbapi_connection.execute(reset)
+
+
+def _guard(engine: Engine, refuse: Any) -> None:
+    """Run ``refuse`` before each statement is sent.
+
+    A dialect event, not ``before_cursor_execute``: any ConnectionEvents
+    listener on an engine makes every Connection of it dispatch through a
+    joined event dispatcher at each step of every statement (about 15-25 us
+    per session on SQLite); ``do_execute`` costs one call per statement.
+    """
+    for name in ("do_execute", "do_executemany", "do_execute_no_params"):
+        event.listen(engine, name, refuse)
 
 
 def begin_read_only(connection: Connection) -> None:

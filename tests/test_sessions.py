@@ -40,15 +40,21 @@ class Post(Base):
 
 
 class Seen:
-    """Records (engine name, SQL) for every statement any engine of a registry sends."""
+    """Records (engine name, SQL) for every statement an engine of a registry hands its driver.
+
+    Listens where the statement goes to the DBAPI cursor (the dialect's
+    ``do_execute`` events), after multidb's own write guard on that engine.
+    """
 
     def __init__(self, registry: Registry) -> None:
         self.statements: list[tuple[str, str]] = []
         for name in registry.engine_names:
-            event.listen(registry.engine(name), "before_cursor_execute", self._hook(name))
+            engine = registry.engine(name)
+            for hook in ("do_execute", "do_executemany", "do_execute_no_params"):
+                event.listen(engine, hook, self._hook(name))
 
     def _hook(self, name: str) -> Any:
-        def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        def record(cursor: Any, statement: str, *args: Any) -> None:
             self.statements.append((name, " ".join(statement.split())))
 
         return record
