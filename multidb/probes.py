@@ -9,7 +9,8 @@ Each backend is asked the way its documentation says:
 - MySQL/MariaDB: ``@@read_only``; ``SHOW REPLICA STATUS`` (``SHOW SLAVE
   STATUS`` on older servers): ``Seconds_Behind_Master``/``_Source``, None when
   either replication thread is stopped.
-- SQLite and others: no roles, no lag.
+- SQLite: a "replica" is the primary's file opened read-only: lag 0.
+- Others: no roles, lag unknown.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ def probe(connection: Connection, role: EngineRole) -> ServerState:
         return _postgresql(connection, role)
     if dialect in ("mysql", "mariadb"):
         return _mysql(connection, role)
+    if dialect == "sqlite" and role == "replica":
+        return ServerState(0.0, None)  # a read-only open of the primary's own file
     return ServerState(None, None)
 
 

@@ -97,6 +97,8 @@ class Registry:
             if db.routing.max_lag_seconds is not None and db.replicas
         ]
         self._monitor: LagMonitor | None = None
+        # (name, role) -> factory, once resolved: the hot path is one dict lookup.
+        self._factories: dict[tuple[str, str | None], orm.sessionmaker[Session]] = {}
 
     # -- building -------------------------------------------------------------
 
@@ -197,6 +199,12 @@ class Registry:
         return self._factory(name, role)
 
     def _factory(self, name: str, role: str | None) -> orm.sessionmaker[Session]:
+        maker = self._factories.get((name, role))
+        if maker is None:
+            maker = self._factories[name, role] = self._resolve(name, role)
+        return maker
+
+    def _resolve(self, name: str, role: str | None) -> orm.sessionmaker[Session]:
         if role is not None and role not in _ROLES:
             raise RoutingError(f"unknown role {role!r} for {name!r}: use 'write', 'read' or 'auto'")
         engine_config = self._engine_configs.get(name)
@@ -308,6 +316,7 @@ class Registry:
         with self._lock:
             monitor, self._monitor = self._monitor, None
             engines = list(self._engines.values())
+            self._factories.clear()  # the next read session starts the monitor again
         if monitor is not None:
             monitor.stop()
         for engine in engines:

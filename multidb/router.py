@@ -168,8 +168,10 @@ class Router:
             usable = [
                 r
                 for r in self._replicas.values()
-                if r.weight > 0 and r.down_until <= now and r.lag_ok and r.name not in exclude
+                if r.weight > 0 and r.down_until <= now and r.lag_ok
             ]
+            if exclude:
+                usable = [r for r in usable if r.name not in exclude]
             if not usable:
                 return None
             chosen = usable[0] if len(usable) == 1 else self._policy.choose(usable)

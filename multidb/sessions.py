@@ -107,6 +107,7 @@ class _ReplicaReads(Session):
         self.reader: str | None = None  # the engine this session reads from, once chosen
         self._failed: frozenset[str] = frozenset()
         self._settled = False  # a statement has run on the reader: no more retries
+        self.on_primary = False  # auto sessions: once true, every statement goes to the primary
 
     def _reader_engine(self) -> Engine:
         name = self.reader
@@ -134,25 +135,35 @@ class _ReplicaReads(Session):
             self._settled = True
             return result
 
-    def _end_quietly(self, end: Callable[[], None], what: str) -> None:
-        """End a transaction that only read; a dead server then costs nothing."""
+    def commit(self) -> None:
+        """Commit; a transaction that only read ends without error even if its server died."""
         try:
-            end()
+            super().commit()
         except DBAPIError as exc:
-            log.warning(
-                "%s: %s of a read-only transaction on %s failed, connection discarded: %s",
-                self.multidb_reads.database,
-                what,
-                self.reader,
-                str(exc).splitlines()[0],
-            )
-            self.invalidate()
+            if self.on_primary:
+                raise
+            self._discard(exc, "commit")
 
     def close(self) -> None:
-        self._end_quietly(super().close, "closing")
+        try:
+            super().close()
+        except DBAPIError as exc:
+            self._discard(exc, "closing")
         self.reader = None
         self._failed = frozenset()
         self._settled = False
+        self.on_primary = False
+
+    def _discard(self, exc: DBAPIError, what: str) -> None:
+        """A read-only transaction has nothing to keep: log the failure, drop the connection."""
+        log.warning(
+            "%s: %s of a read-only transaction on %s failed, connection discarded: %s",
+            self.multidb_reads.database,
+            what,
+            self.reader,
+            str(exc).splitlines()[0],
+        )
+        self.invalidate()
 
 
 class ReadSession(_ReplicaReads):
@@ -174,10 +185,6 @@ class ReadSession(_ReplicaReads):
     ) -> Engine:
         return self._reader_engine()
 
-    def commit(self) -> None:
-        self.flush()  # refuses pending changes
-        self._end_quietly(super().commit, "commit")
-
 
 @event.listens_for(ReadSession, "before_flush")
 def _refuse_flush(session: Session, flush_context: _UOWTransaction, instances: Any) -> None:
@@ -194,8 +201,7 @@ def _refuse_flush(session: Session, flush_context: _UOWTransaction, instances: A
 def _read_execute(state: ORMExecuteState) -> Result[Any] | None:
     session = state.session
     assert isinstance(session, ReadSession)
-    role = state.execution_options.get("multidb_role")
-    if role == "write" or classify(state.statement) is Kind.WRITE:
+    if _role_option(state) == "write" or classify(state.statement) is Kind.WRITE:
         raise ReadOnlyError(
             f"{session.multidb_reads.database}: a read session cannot run "
             f"{_describe(state.statement)}; nothing was sent: run it in a session "
@@ -218,10 +224,6 @@ def _read_only_on_primary(
 
 class AutoSession(_ReplicaReads):
     """A session that reads from a replica until its first write, then stays on the primary."""
-
-    def __init__(self, bind: Any = None, *, multidb_reads: ReadSource, **kwargs: Any) -> None:
-        super().__init__(bind=bind, multidb_reads=multidb_reads, **kwargs)
-        self.on_primary = False  # once true, every statement goes to the primary
 
     def get_bind(
         self,
@@ -259,19 +261,6 @@ class AutoSession(_ReplicaReads):
             )
         return source.engine(source.primary)
 
-    def commit(self) -> None:
-        if self.on_primary or self._new_writes():
-            super().commit()
-        else:
-            self._end_quietly(super().commit, "commit")
-
-    def _new_writes(self) -> bool:
-        return bool(self.new or self.deleted or self.dirty)
-
-    def close(self) -> None:
-        super().close()
-        self.on_primary = False
-
 
 @event.listens_for(AutoSession, "do_orm_execute")
 def _auto_execute(state: ORMExecuteState) -> Result[Any] | None:
@@ -279,7 +268,7 @@ def _auto_execute(state: ORMExecuteState) -> Result[Any] | None:
     assert isinstance(session, AutoSession)
     if session.on_primary:
         return None
-    role = state.execution_options.get("multidb_role")
+    role = _role_option(state)
     if role == "read":
         kind = Kind.READ
     elif role == "write":
@@ -290,6 +279,12 @@ def _auto_execute(state: ORMExecuteState) -> Result[Any] | None:
     if kind is Kind.READ and not session._settled:
         return session._first_read(state)
     return None
+
+
+def _role_option(state: ORMExecuteState) -> Any:
+    """``multidb_role`` from the ``execute()`` call, else from the statement."""
+    role = state.local_execution_options.get("multidb_role")
+    return role if role is not None else state.statement.get_execution_options().get("multidb_role")
 
 
 def _describe(statement: Any) -> str:

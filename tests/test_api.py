@@ -251,7 +251,8 @@ def test_health_on_sqlite_reports_every_engine_ok_with_a_latency(tmp_path: Path)
     for row in rows:
         assert isinstance(row.latency_ms, float)
         assert row.latency_ms >= 0
-        assert row.lag_seconds is None  # SQLite has no replication lag to measure
+        # Primaries have no lag; a SQLite replica is the primary's own file: 0.
+        assert row.lag_seconds == (0.0 if row.role == "replica" else None)
 
 
 def test_health_reports_a_replica_whose_file_does_not_exist_as_failed_with_one_line(

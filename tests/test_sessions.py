@@ -532,3 +532,14 @@ def test_every_routing_decision_is_logged(dbs: Registry, caplog: pytest.LogCaptu
     messages = [r.getMessage() for r in caplog.records if r.name == "multidb.routing"]
     assert any(m.startswith("main: read -> main.") for m in messages)
     assert "main: a flush -> main.primary (auto: first statement that is not a read)" in messages
+
+
+def test_lag_checked_sqlite_replicas_serve_reads_from_the_first_session(tmp_path: Path) -> None:
+    """The first read session waits for the first lag probe round instead of falling back."""
+    config = sqlite_config(tmp_path, max_lag_seconds=1, check_interval_seconds=0.1)
+    with build(config) as registry:
+        seen = Seen(registry)
+        with registry.session("main", role="read") as s:
+            s.scalar(select(User.name))
+        assert seen.engines()[0] in ("main.a", "main.b")
+        assert registry.stats()["main.primary"].fallbacks == 0
