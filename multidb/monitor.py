@@ -65,12 +65,18 @@ class LagMonitor:
             self._stop.wait(max(0.0, min(due) - time.monotonic()))
 
     def _probe(self, router: Router) -> None:
+        try:
+            with self._engine(router.primary).connect() as connection:
+                position = probe(connection, "primary").position
+        except Exception as exc:  # the replicas are still measured, less precisely
+            log.debug("%s: probe of primary %s failed: %s", router.database, router.primary, exc)
+            position = None
         for name in router.replica_names:
             if self._stop.is_set():
                 return
             try:
                 with self._engine(name).connect() as connection:
-                    lag = probe(connection, "replica").lag_seconds
+                    lag = probe(connection, "replica", position).lag_seconds
             except Exception as exc:  # any failure means the lag is unknown
                 log.debug("%s: lag probe of %s failed: %s", router.database, name, exc)
                 lag = None

@@ -73,17 +73,19 @@ def install_primary(engine: Engine, name: str) -> None:
     def _refuse_writes(cursor: Any, statement: str, parameters: Any, context: Any = None) -> None:
         if context is None:  # do_execute_no_params passes (cursor, statement, context)
             context = parameters
-        if _FLAG in context.root_connection.info and classify_text(statement) is Kind.WRITE:
+        # The flag is an execution option of the read session's Connection:
+        # it ends with that Connection and never reaches the pool.
+        if context.execution_options.get(_FLAG) and classify_text(statement) is Kind.WRITE:
             raise ReadOnlyError(_refusal(name, statement))
 
     _guard(engine, _refuse_writes)
 
-    reset = "PRAGMA query_only = OFF" if engine.dialect.name == "sqlite" else None
-
-    @event.listens_for(engine, "checkin")
-    def _end_read_only(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
-        if record.info.pop(_FLAG, None) and reset is not None and dbapi_connection is not None:
-            dbapi_connection.execute(reset)
+    if engine.dialect.name == "sqlite":
+        # PRAGMA query_only belongs to the DBAPI connection: switch it off on the way back.
+        @event.listens_for(engine, "checkin")
+        def _end_query_only(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+            if record.info.pop(_FLAG, None) and dbapi_connection is not None:
+                dbapi_connection.execute("PRAGMA query_only = OFF")
 
 
 def _guard(engine: Engine, refuse: Any) -> None:
@@ -100,7 +102,9 @@ def _guard(engine: Engine, refuse: Any) -> None:
 
 def begin_read_only(connection: Connection) -> None:
     """Put the transaction ``connection`` has just begun on a primary in read-only mode."""
-    connection.info[_FLAG] = True
+    connection.execution_options(**{_FLAG: True})  # in place, for this Connection only
+    if connection.dialect.name == "sqlite":
+        connection.info[_FLAG] = True  # see install_primary's checkin hook
     sql = _TRANSACTION_READ_ONLY.get(connection.dialect.name)
     if sql is not None:
         connection.exec_driver_sql(sql)

@@ -264,9 +264,15 @@ class Registry:
 
     def health(self) -> list[EngineStatus]:
         """Connect to every engine and report its status, in file order."""
-        return [self._status(name) for name in self._engine_configs]
+        statuses = []
+        for database in self.config.databases.values():
+            primary, position = self._status(database.primary.name, None)
+            statuses.append(primary)
+            statuses += [self._status(r.name, position)[0] for r in database.replicas]
+        return statuses
 
-    def _status(self, name: str) -> EngineStatus:
+    def _status(self, name: str, position: str | None) -> tuple[EngineStatus, str | None]:
+        """One engine's status, and a primary's position for its replicas' lag."""
         engine_config = self._engine_configs[name]
         url = _config.mask_url(engine_config.url)
         started = time.perf_counter()
@@ -274,16 +280,14 @@ class Registry:
             with self.engine(name).connect() as connection:
                 connection.execute(text("SELECT 1"))
                 latency = (time.perf_counter() - started) * 1000
-                state = probe(connection, engine_config.role)
+                state = probe(connection, engine_config.role, position)
         except Exception as exc:
             message = str(exc).strip().splitlines()
-            return EngineStatus(
-                name, engine_config.role, url, False, None, None,
-                message[0] if message else type(exc).__name__,
-            )  # fmt: skip
+            error = message[0] if message else type(exc).__name__
+            return EngineStatus(name, engine_config.role, url, False, None, None, error), None
         if engine_config.role == "replica":
             self._routers[engine_config.database].report_lag(name, state.lag_seconds)
-        return EngineStatus(
+        status = EngineStatus(
             name,
             engine_config.role,
             url,
@@ -292,6 +296,7 @@ class Registry:
             state.lag_seconds,
             state.role_error,
         )
+        return status, state.position
 
     def stats(self) -> dict[str, EngineStats]:
         """Routing counters per engine: sessions routed, fallbacks, ejections, lag probes."""

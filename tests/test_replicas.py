@@ -247,7 +247,11 @@ def test_replay_paused_replica_is_left_out_once_over_max_lag(backend: Backend) -
     with Registry.from_dict(config) as dbs:
         with dbs.session("db", role="read") as s:  # starts the lag monitor
             s.execute(text("SELECT 1"))
-        wait_until(lambda: dbs.stats()[engine_name].in_rotation, timeout=10, message="in rotation")
+        wait_until(
+            lambda: dbs.stats()[engine_name].in_rotation,
+            timeout=10,
+            message=f"{engine_name} never in rotation: {dbs.health()}",
+        )
         paused.pause_replay()
         marker = write_marker(dbs)
         # After the limit (max lag + one probe interval) the paused replica is out...
