@@ -9,6 +9,7 @@ the place it was written.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,7 +85,10 @@ class _Loader(yaml.SafeLoader):
         return node
 
 
-_CParser: Any = getattr(yaml, "CParser", None)  # libyaml, when PyYAML was built with it
+try:  # libyaml's parser, when PyYAML was built with it
+    _CParser: Any = importlib.import_module("yaml.cyaml").CParser
+except (ImportError, AttributeError):  # pragma: no cover
+    _CParser = None
 
 
 class _FastLoader(_Loader, _CParser or object):  # type: ignore[misc]

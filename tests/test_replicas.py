@@ -105,6 +105,11 @@ def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     cluster.wait_caught_up(timeout=30)
 
 
+def engine_of(server: str) -> str:
+    """The multidb engine name of a server: ``pg-standby1`` -> ``db.pg_standby1``."""
+    return f"db.{server.replace('-', '_')}"
+
+
 def write_marker(registry: Registry) -> str:
     marker = uuid.uuid4().hex
     with registry.session("db", role="write") as s:
@@ -176,6 +181,7 @@ def test_weights_1_and_3_share_400_read_sessions_25_75(backend: Backend) -> None
         for _ in range(400):
             with dbs.session("db", role="read") as s:
                 counts[backend.where(s)] += 1
+    print(f"{backend.kind}: 400 read sessions, weights 1/3: {dict(counts)}")
     assert abs(counts[first] / 400 - 0.25) <= 0.05, counts
     assert abs(counts[second] / 400 - 0.75) <= 0.05, counts
 
@@ -216,15 +222,21 @@ def test_replica_stopped_under_load_costs_no_failed_read(backend: Backend) -> No
             before = sum(served.values())
             wait_until(lambda: sum(served.values()) >= before + 200, timeout=30)
             victim.start()
+            restarted = time.monotonic()
             back = served[victim.name]
             # Left out for cooldown_seconds (2), then it serves again.
             wait_until(lambda: served[victim.name] > back, timeout=2 + 8, message="victim back")
+            print(
+                f"{backend.kind}: {sum(served.values())} reads by 8 threads, "
+                f"{len(failures)} failed; {victim.name} served again "
+                f"{time.monotonic() - restarted:.1f}s after restart (cooldown 2s)"
+            )
         finally:
             stop.set()
             for t in threads:
                 t.join()
     assert failures == []
-    assert dbs.stats()[f"db.{victim.name.replace('-', '_')}"].error_ejections >= 1
+    assert dbs.stats()[engine_of(victim.name)].error_ejections >= 1
 
 
 def test_read_session_whose_replica_dies_after_its_reads_ends_without_error(
@@ -243,7 +255,7 @@ def test_read_session_whose_replica_dies_after_its_reads_ends_without_error(
 def test_replay_paused_replica_is_left_out_once_over_max_lag(backend: Backend) -> None:
     paused, other = backend.cluster.replicas
     config = backend.config(max_lag_seconds=1, check_interval_seconds=0.2)
-    engine_name = f"db.{paused.name.replace('-', '_')}"
+    engine_name = engine_of(paused.name)
     with Registry.from_dict(config) as dbs:
         with dbs.session("db", role="read") as s:  # starts the lag monitor
             s.execute(text("SELECT 1"))
@@ -265,6 +277,7 @@ def test_replay_paused_replica_is_left_out_once_over_max_lag(backend: Backend) -
             with dbs.session("db", role="read") as s:
                 assert backend.where(s) == other.name
                 assert sees(s, marker)
+        print(f"{backend.kind}: 20 read sessions after the write, 0 stale, all on {other.name}")
         # ...and after resume it serves reads again.
         paused.resume_replay()
         served: set[str] = set()
@@ -286,6 +299,7 @@ def test_every_replica_stopped_without_fallback_raises_quickly(backend: Backend)
         with pytest.raises(NoReplicaAvailableError), dbs.session("db", role="read") as s:
             s.execute(text("SELECT 1"))
         elapsed = time.monotonic() - started
+    print(f"{backend.kind}: NoReplicaAvailableError after {elapsed:.2f}s")
     assert elapsed < 10, f"took {elapsed:.1f}s"
 
 
@@ -300,8 +314,12 @@ def test_lag_probes_are_bounded_by_time_not_by_reads(backend: Backend) -> None:
             reads += 1
         elapsed = time.monotonic() - started
         stats = dbs.stats()
+    print(
+        f"{backend.kind}: {reads} reads in {elapsed:.2f}s, lag probes per replica: "
+        f"{[stats[engine_of(r)].lag_probes for r in backend.replicas]}"
+    )
     for replica in backend.replicas:
-        probes = stats[f"db.{replica.replace('-', '_')}"].lag_probes
+        probes = stats[engine_of(replica)].lag_probes
         assert 1 <= probes <= elapsed / 0.5 + 2, (probes, reads, elapsed)
 
 
@@ -311,7 +329,7 @@ def test_health_reports_lag_of_each_replica(backend: Backend) -> None:
     assert statuses["db.primary"].ok
     assert statuses["db.primary"].lag_seconds is None
     for replica in backend.replicas:
-        status = statuses[f"db.{replica.replace('-', '_')}"]
+        status = statuses[engine_of(replica)]
         assert status.ok, status
         assert status.lag_seconds is not None
         assert "app-secret" not in status.url
