@@ -176,7 +176,7 @@ def test_read_only_mode_does_not_leak_into_the_primary_pool(backend: Backend) ->
 
 def test_weights_1_and_3_share_400_read_sessions_25_75(backend: Backend) -> None:
     first, second = backend.replicas
-    with Registry.from_dict(backend.config({first: 1, second: 3}, policy="random")) as dbs:
+    with Registry.from_dict(backend.config({first: 1, second: 3})) as dbs:  # smooth round robin
         counts: Counter[str] = Counter()
         for _ in range(400):
             with dbs.session("db", role="read") as s:
