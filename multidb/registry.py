@@ -65,32 +65,20 @@ class Registry:
     def __init__(self, config: Config) -> None:
         self.config = config
         self._engine_configs: dict[str, EngineConfig] = {e.name: e for e in config.engines()}
-        self._database_of: dict[str, DatabaseConfig] = {
-            e.name: config.databases[e.database] for e in config.engines()
-        }
         self._engines: dict[str, Engine] = {}
         self._lock = threading.Lock()
         self._routers = {name: Router(db) for name, db in config.databases.items()}
         self._makers: dict[str, orm.sessionmaker[Session]] = {}
         for name, engine_config in self._engine_configs.items():
-            database = self._database_of[name]
+            database = config.databases[engine_config.database]
             if engine_config.role == "primary":
                 self._makers[name] = orm.sessionmaker(**database.session)
             else:
-                self._makers[name] = orm.sessionmaker(
-                    class_=ReadSession,
-                    multidb_reads=self._source(database, pinned=name),
-                    **database.session,
-                )
+                self._makers[name] = self._reads_maker(ReadSession, database, pinned=name)
         self._routed: dict[tuple[str, str], orm.sessionmaker[Session]] = {}
         for name, database in config.databases.items():
-            reads = self._source(database)
-            self._routed[name, "read"] = orm.sessionmaker(
-                class_=ReadSession, multidb_reads=reads, **database.session
-            )
-            self._routed[name, "auto"] = orm.sessionmaker(
-                class_=AutoSession, multidb_reads=reads, **database.session
-            )
+            self._routed[name, "read"] = self._reads_maker(ReadSession, database)
+            self._routed[name, "auto"] = self._reads_maker(AutoSession, database)
         self._watched = [
             Watched(self._routers[name], db.routing.check_interval_seconds)
             for name, db in config.databases.items()
@@ -116,14 +104,18 @@ class Registry:
         """Check a config given as a mapping; raises ConfigError, opens no connection."""
         return cls(_config.from_dict(data, env=env))
 
-    def _source(self, database: DatabaseConfig, pinned: str | None = None) -> ReadSource:
-        return ReadSource(
+    def _reads_maker(
+        self, class_: type[Session], database: DatabaseConfig, pinned: str | None = None
+    ) -> orm.sessionmaker[Session]:
+        """A factory of ``class_`` sessions reading from ``pinned``, or as the router chooses."""
+        reads = ReadSource(
             database=database.name,
             primary=database.primary.name,
             engine=self.engine,
             router=None if pinned else self._routers[database.name],
             pinned=pinned,
         )
+        return orm.sessionmaker(class_=class_, multidb_reads=reads, **database.session)
 
     # -- names ----------------------------------------------------------------
 
@@ -177,10 +169,15 @@ class Registry:
 
     def _create_engine(self, engine_config: EngineConfig) -> Engine:
         url = engine_config.url
-        if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
-            path = url.database.removeprefix("file:")
-            if engine_config.role == "primary" and not url.query.get("uri"):
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
+        # A SQLite primary file may live in a directory that does not exist yet
+        # (config/var/ on a fresh clone); URI-mode URLs are left as written.
+        if (
+            url.get_backend_name() == "sqlite"
+            and engine_config.role == "primary"
+            and url.database not in (None, "", ":memory:")
+            and not url.query.get("uri")
+        ):
+            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, **engine_config.options)
         if engine_config.role == "replica":
             install_replica(engine, engine_config.name)
@@ -226,17 +223,9 @@ class Registry:
                     f"use {engine_config.database!r} or {engine_config.database}.primary to write"
                 )
             return self._bound(name)
-        if role == "read":
-            key = (name, "read")
-            maker = self._routed.get(key)
-            if maker is None:
-                database = self._database_of[name]
-                maker = self._routed[key] = orm.sessionmaker(
-                    class_=ReadSession,
-                    multidb_reads=self._source(database, pinned=name),
-                    **database.session,
-                )
-            return maker
+        if role == "read":  # read-only on a primary; _factory keeps it
+            database = self.config.databases[engine_config.database]
+            return self._reads_maker(ReadSession, database, pinned=name)
         return self._bound(name)
 
     def _bound(self, name: str) -> orm.sessionmaker[Session]:

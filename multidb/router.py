@@ -121,6 +121,10 @@ class _Replica:
         self.lag_ejections = 0
         self.lag_probes = 0
 
+    def in_rotation(self, now: float) -> bool:
+        """Weight above 0, not cooling down after a failure, lag within the limit."""
+        return self.weight > 0 and self.down_until <= now and self.lag_ok
+
 
 class Router:
     """Chooses replicas for one database and remembers which ones to leave out.
@@ -165,11 +169,7 @@ class Router:
         """
         now = self._clock()
         with self._lock:
-            usable = [
-                r
-                for r in self._replicas.values()
-                if r.weight > 0 and r.down_until <= now and r.lag_ok
-            ]
+            usable = [r for r in self._replicas.values() if r.in_rotation(now)]
             if exclude:
                 usable = [r for r in usable if r.name not in exclude]
             if not usable:
@@ -260,7 +260,7 @@ class Router:
                     r.error_ejections,
                     r.lag_ejections,
                     r.lag_probes,
-                    r.weight > 0 and r.down_until <= now and r.lag_ok,
+                    r.in_rotation(now),
                 )
                 for r in self._replicas.values()
             ]
