@@ -58,6 +58,10 @@ class RoutingConfig:
     check_interval_seconds: float = 1.0
     cooldown_seconds: float = 5.0
     default_role: Role = "write"
+    connect_timeout_seconds: float = 5.0
+    read_your_writes: bool = True
+    causal_wait_seconds: float = 0.0
+    causal_ttl_seconds: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -566,14 +570,15 @@ class _Builder:
             at = (*path, key)
             if key in ("policy", "default_role"):
                 kwargs[key] = self.choice(at, item, get_args(Policy if key == "policy" else Role))
-            elif key == "fallback_to_primary":
+            elif key in ("fallback_to_primary", "read_your_writes"):
                 if not isinstance(item, bool):
                     raise self.error(at, f"expected true or false, got {_describe(item)}")
                 kwargs[key] = item
             elif key == "max_lag_seconds" and item is None:
                 kwargs[key] = None
             else:
-                kwargs[key] = self.number(at, item, minimum=0, inclusive=key == "cooldown_seconds")
+                inclusive = key in ("cooldown_seconds", "causal_wait_seconds")
+                kwargs[key] = self.number(at, item, minimum=0, inclusive=inclusive)
         return RoutingConfig(**kwargs)
 
     # --- values ---------------------------------------------------------------------------------

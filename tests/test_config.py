@@ -819,6 +819,10 @@ def test_to_dict_is_resolved_masked_and_in_file_order(tmp_path: Path) -> None:
             "check_interval_seconds": 1.0,
             "cooldown_seconds": 5.0,
             "default_role": "write",
+            "connect_timeout_seconds": 5.0,
+            "read_your_writes": True,
+            "causal_wait_seconds": 0.0,
+            "causal_ttl_seconds": 60.0,
         },
     }
 
