@@ -26,8 +26,10 @@ replicas=1)`` return a cluster with ``primary``, ``replicas`` (PostgreSQL also
 ``stop()``. Each server has ``name``, ``host``, ``port``, ``url()``, ``admin_url()``,
 ``query(sql, params, admin=True)``, ``connect(admin=True)``, ``stop(crash=True)``,
 ``start()``, ``is_running()``; replicas also ``pause_replay()``, ``resume_replay()``,
-``replay_paused``. ``wait_until(predicate, timeout)`` replaces sleeps in tests;
-``*_binaries_missing()`` say why servers cannot run here (None when they can).
+``replay_paused`` and ``apply_delay(seconds)`` (a context manager: real apply lag via
+``recovery_min_apply_delay`` / ``MASTER_DELAY``). ``wait_until(predicate, timeout)``
+replaces sleeps in tests; ``*_binaries_missing()`` say why servers cannot run here
+(None when they can).
 """
 
 from __future__ import annotations
@@ -648,6 +650,32 @@ class PostgresServer:
         self.query("SELECT pg_wal_replay_resume()")
         self.replay_paused = False
 
+    @contextlib.contextmanager
+    def apply_delay(self, seconds: float) -> Iterator[None]:
+        """Real apply lag: ``recovery_min_apply_delay`` (reloaded, no restart) inside the block.
+
+        Commits become visible on this standby ``seconds`` after the primary
+        committed them; WAL still streams. Restored to 0 when the block ends.
+        """
+        self._require_standby()
+        self.query(f"ALTER SYSTEM SET recovery_min_apply_delay = '{int(seconds * 1000)}ms'")
+        self.query("SELECT pg_reload_conf()")
+        wait_until(
+            lambda: self.query("SHOW recovery_min_apply_delay")[0][0] != "0",
+            timeout=5,
+            message=f"{self.name}: recovery_min_apply_delay not applied",
+        )
+        try:
+            yield
+        finally:
+            self.query("ALTER SYSTEM RESET recovery_min_apply_delay")
+            self.query("SELECT pg_reload_conf()")
+            wait_until(
+                lambda: self.query("SHOW recovery_min_apply_delay")[0][0] == "0",
+                timeout=5,
+                message=f"{self.name}: recovery_min_apply_delay not reset",
+            )
+
     def is_streaming(self) -> bool:
         """Standby: in recovery and its WAL receiver is streaming from the primary."""
         rows = self.query(
@@ -1133,6 +1161,26 @@ class MariaDBServer:
             interval=0.05,
             message=f"{self.name}: replication threads not running: {self.slave_status()}",
         )
+
+    @contextlib.contextmanager
+    def apply_delay(self, seconds: int) -> Iterator[None]:
+        """Real apply lag: ``MASTER_DELAY`` (whole seconds, at least 1) inside the block.
+
+        Events still arrive (IO thread); each is applied ``seconds`` after the
+        primary ran it. Restored to 0, with the SQL thread running, when the block ends.
+        """
+        self._require_replica()
+        self._set_master_delay(max(1, int(seconds)))
+        try:
+            yield
+        finally:
+            self._set_master_delay(0)
+
+    def _set_master_delay(self, seconds: int) -> None:
+        self.query("STOP SLAVE")
+        self.query(f"CHANGE MASTER TO MASTER_DELAY = {seconds}")
+        self.query("START SLAVE")
+        self.wait_threads_running()
 
     def pause_replay(self) -> None:
         """``STOP SLAVE SQL_THREAD``: events still arrive (IO thread) but are not applied."""

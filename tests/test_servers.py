@@ -94,6 +94,24 @@ def test_pg_paused_standby_misses_new_row_until_resumed_while_other_standby_gets
 
 
 @pytest.mark.postgresql
+def test_pg_apply_delay_holds_a_commit_back_on_that_standby_only_then_it_arrives(
+    pg_cluster: PostgresCluster,
+) -> None:
+    standby1, standby2 = pg_cluster.standbys
+    table = _table("pg_delay")
+    pg_cluster.primary.query(f"CREATE TABLE {table} (id int PRIMARY KEY)", admin=False)
+    pg_cluster.wait_caught_up()
+    with standby2.apply_delay(0.5):
+        committed = time.monotonic()
+        pg_cluster.primary.query(f"INSERT INTO {table} VALUES (1)", admin=False)
+        assert _pg_ids(standby2, table) == []
+        wait_until(lambda: _pg_ids(standby1, table) == [1], timeout=5)
+        wait_until(lambda: _pg_ids(standby2, table) == [1], timeout=5, interval=0.02)
+        assert time.monotonic() - committed >= 0.45
+    assert standby2.query("SHOW recovery_min_apply_delay") == [("0",)]
+
+
+@pytest.mark.postgresql
 def test_pg_stopped_standby_refuses_connections_and_serves_again_after_start(
     pg_cluster: PostgresCluster,
 ) -> None:
@@ -196,6 +214,25 @@ def test_maria_paused_sql_thread_holds_back_new_row_until_resumed_while_other_re
         replica.resume_replay()
     mariadb_cluster.wait_caught_up()
     assert _maria_ids(replica, table) == [1]
+
+
+@pytest.mark.mariadb
+def test_maria_master_delay_holds_an_insert_back_on_that_replica_only_then_it_arrives(
+    mariadb_cluster: MariaDBCluster,
+) -> None:
+    replica1, replica2 = mariadb_cluster.replicas
+    table = _table("maria_delay")
+    primary = mariadb_cluster.primary
+    primary.query(f"CREATE TABLE {table} (id int PRIMARY KEY)", admin=False)
+    mariadb_cluster.wait_caught_up()
+    with replica2.apply_delay(1):
+        committed = time.monotonic()
+        primary.query(f"INSERT INTO {table} VALUES (1)", admin=False)
+        assert _maria_ids(replica2, table) == []
+        wait_until(lambda: _maria_ids(replica1, table) == [1], timeout=5)
+        wait_until(lambda: _maria_ids(replica2, table) == [1], timeout=5, interval=0.05)
+        assert time.monotonic() - committed >= 0.9
+    assert replica2.slave_status()["SQL_Delay"] == 0
 
 
 @pytest.mark.mariadb
