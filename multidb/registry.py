@@ -18,6 +18,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -27,10 +28,13 @@ from sqlalchemy import create_engine, orm, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from . import causal as _causal
 from . import config as _config
+from .causal import CausalScope
 from .config import Config, DatabaseConfig, EngineConfig, Role
 from .errors import RoutingError, UnknownNameError
 from .monitor import LagMonitor, Watched
+from .positions import install_capture
 from .probes import probe
 from .readonly import install_primary, install_replica
 from .router import EngineStats, Router
@@ -85,6 +89,7 @@ class Registry:
             if db.routing.max_lag_seconds is not None and db.replicas
         ]
         self._monitor: LagMonitor | None = None
+        self._ttls = {n: db.routing.causal_ttl_seconds for n, db in config.databases.items()}
         # (name, role) -> factory, once resolved: the hot path is one dict lookup.
         self._factories: dict[tuple[str, str | None], orm.sessionmaker[Session]] = {}
 
@@ -108,12 +113,16 @@ class Registry:
         self, class_: type[Session], database: DatabaseConfig, pinned: str | None = None
     ) -> orm.sessionmaker[Session]:
         """A factory of ``class_`` sessions reading from ``pinned``, or as the router chooses."""
+        routing = database.routing
         reads = ReadSource(
             database=database.name,
             primary=database.primary.name,
             engine=self.engine,
             router=None if pinned else self._routers[database.name],
             pinned=pinned,
+            read_your_writes=routing.read_your_writes,
+            causal_wait_seconds=routing.causal_wait_seconds,
+            causal_ttl_seconds=routing.causal_ttl_seconds,
         )
         return orm.sessionmaker(class_=class_, multidb_reads=reads, **database.session)
 
@@ -183,6 +192,9 @@ class Registry:
             install_replica(engine, engine_config.name)
         else:
             install_primary(engine, engine_config.name)
+            database = self.config.databases[engine_config.database]
+            if database.routing.read_your_writes and database.replicas:
+                install_capture(engine, database.name)
         return engine
 
     def sessionmaker(self, name: str, role: Role | None = None) -> orm.sessionmaker[Session]:
@@ -193,6 +205,8 @@ class Registry:
         with a role): a factory of sessions routed as ``role``, for
         ``scoped_session`` and framework dependencies.
         """
+        if role is None and name in self.config.databases:
+            role = _causal.request_role.get()
         return self._factory(name, role)
 
     def _factory(self, name: str, role: str | None) -> orm.sessionmaker[Session]:
@@ -244,10 +258,28 @@ class Registry:
         or a role that does not fit raises here, before the block runs. A read
         session has nothing to commit: its transaction is just closed.
         """
+        if role is None and name in self.config.databases:
+            role = _causal.request_role.get()
         maker = self._factory(name, role)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s: %s session", name, role or "default-role")
         return _SessionScope(maker)
+
+    # -- causal scopes --------------------------------------------------------
+
+    def causal(self, token: str | None = None) -> AbstractContextManager[CausalScope]:
+        """A causal scope for a block, seeded from ``token`` (SPEC section 4).
+
+        Reads in the block never miss a write made before them in it, nor one
+        the token names; the enclosing scope takes in the block's writes when
+        it ends. A malformed token is ignored (logged at WARNING).
+        """
+        return _causal.open_scope(token)
+
+    def causal_token(self) -> str | None:
+        """The current scope's unexpired positions as a short ASCII token, or None."""
+        scope = _causal.current()
+        return None if scope is None else scope.token(self._ttls)
 
     # -- health ---------------------------------------------------------------
 

@@ -91,6 +91,8 @@ class EngineStats:
     error_ejections: int  # times it was left out after a connection failure
     lag_ejections: int  # times it was left out for lag or stopped replication
     lag_probes: int  # lag measurements taken
+    causal_waits: int  # reads that asked this replica whether it had applied a position
+    causal_fallbacks: int  # reads that came to this primary because no replica had
     in_rotation: bool  # whether reads may go to it now (weight > 0, not left out)
 
 
@@ -98,6 +100,8 @@ class _Replica:
     """Mutable routing state of one replica; guarded by the router's lock."""
 
     __slots__ = (
+        "applied",
+        "causal_waits",
         "down_until",
         "error_ejections",
         "lag",
@@ -120,6 +124,8 @@ class _Replica:
         self.error_ejections = 0
         self.lag_ejections = 0
         self.lag_probes = 0
+        self.applied: str | None = None  # the position it had applied when last asked
+        self.causal_waits = 0
 
     def in_rotation(self, now: float) -> bool:
         """Weight above 0, not cooling down after a failure, lag within the limit."""
@@ -155,6 +161,7 @@ class Router:
             r.name: _Replica(r.name, r.weight, lag_checked) for r in database.replicas
         }
         self._fallbacks = 0
+        self._causal_fallbacks = 0
 
     @property
     def replica_names(self) -> tuple[str, ...]:
@@ -210,6 +217,25 @@ class Router:
             self._fallbacks += 1
         log.debug("%s: read -> %s (fallback: %s)", self.database, self.primary, reason)
 
+    def note_causal_wait(self, name: str, applied: str | None) -> None:
+        """Count a read that asked replica ``name`` for its applied position; remember it."""
+        with self._lock:
+            replica = self._replicas[name]
+            replica.causal_waits += 1
+            if applied is not None:
+                replica.applied = applied
+
+    def note_applied(self, name: str, applied: str | None) -> None:
+        """Remember the position replica ``name`` had applied when last asked (None: unknown)."""
+        with self._lock:
+            self._replicas[name].applied = applied
+
+    def note_causal_fallback(self, reason: str) -> None:
+        """Count a read that went to the primary because no replica had applied its position."""
+        with self._lock:
+            self._causal_fallbacks += 1
+        log.debug("%s: read -> %s (%s)", self.database, self.primary, reason)
+
     def eject(self, name: str, error: BaseException) -> None:
         """Leave replica ``name`` out for ``cooldown_seconds`` after a connection failure."""
         with self._lock:
@@ -243,6 +269,10 @@ class Router:
                 "%s: replica %s %s: lag %s (max %ss)", self.database, name, state, lag_text, limit
             )
 
+    def applied(self, name: str) -> str | None:
+        """The position replica ``name`` had applied when last asked, as the server wrote it."""
+        return self._replicas[name].applied
+
     def lag(self, name: str) -> float | None:
         with self._lock:
             return self._replicas[name].lag
@@ -251,7 +281,11 @@ class Router:
         """A snapshot of the counters of this database's engines, primary first."""
         now = self._clock()
         with self._lock:
-            rows = [EngineStats(self.primary, 0, self._fallbacks, 0, 0, 0, True)]
+            rows = [
+                EngineStats(
+                    self.primary, 0, self._fallbacks, 0, 0, 0, 0, self._causal_fallbacks, True
+                )
+            ]
             rows += [
                 EngineStats(
                     r.name,
@@ -260,6 +294,8 @@ class Router:
                     r.error_ejections,
                     r.lag_ejections,
                     r.lag_probes,
+                    r.causal_waits,
+                    0,
                     r.in_rotation(now),
                 )
                 for r in self._replicas.values()
