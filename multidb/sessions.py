@@ -89,7 +89,10 @@ class ReadSource:
             return position
         kind = self._kind
         if kind is None:
-            backend = positions.backend(self.engine(self.primary))
+            engine = self.engine(self.primary)
+            if engine.dialect.server_version_info is None:  # not connected yet: cannot tell
+                return position
+            backend = positions.backend(engine)
             kind = self._kind = {"postgresql": "lsn", "mariadb": "gtid"}.get(backend or "", "")
         return position if position.kind == kind else None
 
