@@ -29,7 +29,7 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
+from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.orm import UOWTransaction as _UOWTransaction
 
 from . import causal, positions
@@ -365,9 +365,19 @@ class ReadSession(_ReplicaReads):
     ) -> Engine | Connection:
         return self._reader_bind()
 
-    def _execute_internal(self, *args: Any, **kwargs: Any) -> Any:
+    def _execute_internal(self, statement: Any, *args: Any, **kwargs: Any) -> Any:
+        """Refuse a write, or an explicit bind, before anything is sent; then run it."""
         _refuse_bind(self, kwargs.get("bind_arguments"))
-        return super()._execute_internal(*args, **kwargs)
+        if (
+            _role_option(statement, kwargs.get("execution_options")) == "write"
+            or classify(statement) is Kind.WRITE
+        ):
+            raise ReadOnlyError(
+                f"{self.multidb_reads.database}: a read session cannot run "
+                f"{_describe(statement)}; nothing was sent: run it in a session "
+                "with role='write' or 'auto'"
+            )
+        return super()._execute_internal(statement, *args, **kwargs)
 
     def connection(self, bind_arguments: Any = None, execution_options: Any = None) -> Connection:
         _refuse_bind(self, bind_arguments)
@@ -391,18 +401,6 @@ def _refuse_flush(session: Session, flush_context: _UOWTransaction, instances: A
             f"{session.multidb_reads.database}: a read session cannot flush changes "
             f"({len(session.new)} new, {len(session.dirty)} changed, {len(session.deleted)} "
             "deleted); nothing was sent: make them in a session with role='write' or 'auto'"
-        )
-
-
-@event.listens_for(ReadSession, "do_orm_execute", propagate=True)
-def _read_execute(state: ORMExecuteState) -> None:
-    if _role_option(state) == "write" or classify(state.statement) is Kind.WRITE:
-        session = state.session
-        assert isinstance(session, ReadSession)
-        raise ReadOnlyError(
-            f"{session.multidb_reads.database}: a read session cannot run "
-            f"{_describe(state.statement)}; nothing was sent: run it in a session "
-            "with role='write' or 'auto'"
         )
 
 
@@ -455,28 +453,30 @@ class AutoSession(_ReplicaReads):
             )
         return source.engine(source.primary)  # type: ignore[no-any-return]
 
+    def _execute_internal(self, statement: Any, *args: Any, **kwargs: Any) -> Any:
+        """Classify the statement (rule 2's option, else what it is) for :meth:`get_bind`."""
+        if not self.on_primary:
+            role = _role_option(statement, kwargs.get("execution_options"))
+            kind = (
+                Kind.READ
+                if role == "read"
+                else Kind.WRITE
+                if role == "write"
+                else classify(statement)
+            )
+            kwargs["bind_arguments"] = {
+                **(kwargs.get("bind_arguments") or {}),
+                "multidb_kind": kind,
+            }
+        return super()._execute_internal(statement, *args, **kwargs)
 
-@event.listens_for(AutoSession, "do_orm_execute", propagate=True)
-def _auto_execute(state: ORMExecuteState) -> None:
-    session = state.session
-    assert isinstance(session, AutoSession)
-    if session.on_primary:
-        return
-    role = _role_option(state)
-    if role == "read":
-        kind = Kind.READ
-    elif role == "write":
-        kind = Kind.WRITE
-    else:
-        kind = classify(state.statement)
-    state.bind_arguments["multidb_kind"] = kind
 
-
-def _role_option(state: ORMExecuteState) -> Any:
+def _role_option(statement: Any, execution_options: Any) -> Any:
     """``multidb_role`` from the ``execute()`` call, else from the statement; checked."""
-    role = state.local_execution_options.get("multidb_role")
+    role = execution_options.get("multidb_role") if execution_options else None
     if role is None:
-        role = state.statement.get_execution_options().get("multidb_role")
+        options = getattr(statement, "get_execution_options", None)
+        role = options().get("multidb_role") if options is not None else None
     if role is not None and role not in ("read", "write"):
         raise RoutingError(
             f"execution option multidb_role={role!r} is not a role a statement can take: "
