@@ -36,12 +36,19 @@ class Watched:
 class LagMonitor:
     """Probes the replicas of ``watched`` databases on a daemon thread until stopped."""
 
-    def __init__(self, watched: Sequence[Watched], engine: Callable[[str], Engine]) -> None:
+    def __init__(
+        self,
+        watched: Sequence[Watched],
+        engine: Callable[[str], Engine],
+        run: Callable[[Callable[[], None]], None] | None = None,
+    ) -> None:
         self._watched = tuple(watched)
         self._engine = engine
         self._stop = threading.Event()
         self._first_round = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="multidb-lag-monitor", daemon=True)
+        # ``run`` wraps the thread's work: multidb.aio.run_blocking for async-only drivers.
+        target = self._run if run is None else lambda: run(self._run)
+        self._thread = threading.Thread(target=target, name="multidb-lag-monitor", daemon=True)
 
     def start(self, wait: float) -> None:
         """Start probing; wait up to ``wait`` seconds for the first round of measurements."""

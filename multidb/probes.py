@@ -60,10 +60,11 @@ _PG_PRIMARY = text(
 # The standby's own "received == replayed" is a poor test of being caught up:
 # after a restart the receive pointer can stay ahead of the last record for
 # good. The primary's position, read just before, is the reference when known.
+# :primary is cast through text: asyncpg would infer the parameter as pg_lsn and want an int.
 _PG_REPLICA = text(
     "SELECT pg_is_wal_replay_paused(), pg_last_wal_receive_lsn() IS NULL,"
-    " CASE WHEN CAST(:primary AS pg_lsn) IS NOT NULL"
-    "   THEN pg_last_wal_replay_lsn() >= CAST(:primary AS pg_lsn)"
+    " CASE WHEN CAST(CAST(:primary AS text) AS pg_lsn) IS NOT NULL"
+    "   THEN pg_last_wal_replay_lsn() >= CAST(CAST(:primary AS text) AS pg_lsn)"
     "   ELSE pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() END,"
     " EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp())"
 )

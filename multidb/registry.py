@@ -13,6 +13,7 @@ time it is used.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
@@ -25,13 +26,16 @@ from types import TracebackType
 from typing import Any, Literal
 
 from sqlalchemy import create_engine, orm, text
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
+from . import aio
 from . import causal as _causal
 from . import config as _config
 from .causal import CausalScope
 from .config import Config, DatabaseConfig, EngineConfig, Role
+from .drivers import Mode, instead, modes
 from .errors import RoutingError, UnknownNameError
 from .monitor import LagMonitor, Watched
 from .positions import install_capture
@@ -45,6 +49,17 @@ __all__ = ["EngineStatus", "Registry", "load"]
 log = logging.getLogger("multidb.routing")
 
 _ROLES = ("write", "read", "auto")
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """What a name and role resolve to, for sync and async factories alike."""
+
+    maker: orm.sessionmaker[Session]  # the sync factory (its class and options)
+    engine: str  # the engine its sessions are bound to
+    engines: tuple[str, ...]  # every engine its sessions may use
+    bound: bool  # maker is the engine's own configured class, bound on first use
+    routed: bool  # the router picks replicas: the lag monitor must run
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +107,11 @@ class Registry:
         self._ttls = {n: db.routing.causal_ttl_seconds for n, db in config.databases.items()}
         # (name, role) -> factory, once resolved: the hot path is one dict lookup.
         self._factories: dict[tuple[str, str | None], orm.sessionmaker[Session]] = {}
+        self._aio = aio.AsyncEngines(self)
+        # Engines whose driver serves async code only: sync probes go through run_blocking.
+        self._async_only = frozenset(
+            name for name, e in self._engine_configs.items() if "sync" not in modes(e.url)
+        )
 
     # -- building -------------------------------------------------------------
 
@@ -169,6 +189,7 @@ class Registry:
         if engine is not None:
             return engine
         name = self._engine_name(name)
+        self._require("sync", name, (name,), "engine")
         with self._lock:
             engine = self._engines.get(name)
             if engine is None:
@@ -177,6 +198,14 @@ class Registry:
         return engine
 
     def _create_engine(self, engine_config: EngineConfig) -> Engine:
+        self._prepare(engine_config)
+        engine = create_engine(engine_config.url, **engine_config.options)
+        self._install(engine, engine_config)
+        return engine
+
+    @staticmethod
+    def _prepare(engine_config: EngineConfig) -> None:
+        """What an engine needs before it is created, sync or async."""
         url = engine_config.url
         # A SQLite primary file may live in a directory that does not exist yet
         # (config/var/ on a fresh clone); URI-mode URLs are left as written.
@@ -187,7 +216,9 @@ class Registry:
             and not url.query.get("uri")
         ):
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, **engine_config.options)
+
+    def _install(self, engine: Engine, engine_config: EngineConfig) -> None:
+        """Read-only setup, write guards and position capture; ``engine`` may be a sync_engine."""
         if engine_config.role == "replica":
             install_replica(engine, engine_config.name)
         else:
@@ -195,7 +226,6 @@ class Registry:
             database = self.config.databases[engine_config.database]
             if database.routing.read_your_writes and database.replicas:
                 install_capture(engine, database.name)
-        return engine
 
     def sessionmaker(self, name: str, role: Role | None = None) -> orm.sessionmaker[Session]:
         """A session factory.
@@ -216,6 +246,16 @@ class Registry:
         return maker
 
     def _resolve(self, name: str, role: str | None) -> orm.sessionmaker[Session]:
+        route = self._route(name, role)
+        self._require("sync", name, route.engines, "session")
+        if route.routed and self._watched and self._monitor is None:
+            self._start_monitor()
+        if route.bound:
+            return self._bound(route.engine)
+        return route.maker
+
+    def _route(self, name: str, role: str | None) -> _Route:
+        """Where sessions of ``name`` and ``role`` go; raises RoutingError, UnknownNameError."""
         if role is not None and role not in _ROLES:
             raise RoutingError(f"unknown role {role!r} for {name!r}: use 'write', 'read' or 'auto'")
         engine_config = self._engine_configs.get(name)
@@ -224,11 +264,11 @@ class Registry:
             if database is None:
                 raise UnknownNameError(name, [*self.databases, *self.engine_names])
             role = role or database.routing.default_role
+            primary = database.primary.name
             if role == "write":
-                return self._bound(database.primary.name)
-            if self._watched and self._monitor is None:
-                self._start_monitor()
-            return self._routed[name, role]
+                return _Route(self._makers[primary], primary, (primary,), True, False)
+            engines = tuple(e.name for e in database.engines)
+            return _Route(self._routed[name, role], primary, engines, False, True)
         # An engine name pins the session to that engine.
         if engine_config.role == "replica":
             if role == "write":
@@ -236,11 +276,30 @@ class Registry:
                     f"{name} is a replica: it cannot take role='write'; "
                     f"use {engine_config.database!r} or {engine_config.database}.primary to write"
                 )
-            return self._bound(name)
+            return _Route(self._makers[name], name, (name,), True, False)
         if role == "read":  # read-only on a primary; _factory keeps it
             database = self.config.databases[engine_config.database]
-            return self._reads_maker(ReadSession, database, pinned=name)
-        return self._bound(name)
+            maker = self._reads_maker(ReadSession, database, pinned=name)
+            return _Route(maker, name, (name,), False, False)
+        return _Route(self._makers[name], name, (name,), True, False)
+
+    def _require(self, mode: Mode, name: str, engines: tuple[str, ...], method: str) -> None:
+        """Raise RoutingError unless every engine's driver serves ``mode`` code."""
+        for engine in engines:
+            url = self._engine_configs[engine].url
+            if mode in modes(url):
+                continue
+            if mode == "sync":
+                raise RoutingError(
+                    f"{engine} uses {url.drivername}, an async-only driver: use"
+                    f" dbs.async_{method}({name!r}) in async code, or write"
+                    f" {instead(url, 'sync')} to serve sync code too"
+                )
+            plain = method.removeprefix("async_")
+            raise RoutingError(
+                f"{engine} uses {url.drivername}, a sync-only driver: use dbs.{plain}({name!r})"
+                f" in sync code, or write {instead(url, 'async')} to serve async code"
+            )
 
     def _bound(self, name: str) -> orm.sessionmaker[Session]:
         """The configured session class of engine ``name``, bound on first use."""
@@ -285,6 +344,11 @@ class Registry:
 
     def health(self) -> list[EngineStatus]:
         """Connect to every engine and report its status, in file order."""
+        if self._async_only:  # async drivers are reached from a private event loop
+            return aio.run_blocking(self._health)
+        return self._health()
+
+    def _health(self) -> list[EngineStatus]:
         statuses = []
         for database in self.config.databases.values():
             primary, position = self._status(database.primary.name, None)
@@ -295,29 +359,52 @@ class Registry:
     def _status(self, name: str, position: str | None) -> tuple[EngineStatus, str | None]:
         """One engine's status, and a primary's position for its replicas' lag."""
         engine_config = self._engine_configs[name]
-        url = _config.mask_url(engine_config.url)
         started = time.perf_counter()
         try:
-            with self.engine(name).connect() as connection:
-                connection.execute(text("SELECT 1"))
-                latency = (time.perf_counter() - started) * 1000
-                state = probe(connection, engine_config.role, position)
+            with self._probe_engine(name).connect() as connection:
+                return self._measure(connection, engine_config, position, started)
         except Exception as exc:
-            message = str(exc).strip().splitlines()
-            error = message[0] if message else type(exc).__name__
-            return EngineStatus(name, engine_config.role, url, False, None, None, error), None
+            return self._failed(engine_config, exc), None
+
+    def _measure(
+        self,
+        connection: Connection,
+        engine_config: EngineConfig,
+        position: str | None,
+        started: float,
+    ) -> tuple[EngineStatus, str | None]:
+        """Probe one engine on ``connection`` (opened at ``started``); report a replica's lag."""
+        connection.execute(text("SELECT 1"))
+        latency = (time.perf_counter() - started) * 1000
+        state = probe(connection, engine_config.role, position)
         if engine_config.role == "replica":
-            self._routers[engine_config.database].report_lag(name, state.lag_seconds)
+            self._routers[engine_config.database].report_lag(engine_config.name, state.lag_seconds)
         status = EngineStatus(
-            name,
+            engine_config.name,
             engine_config.role,
-            url,
+            _config.mask_url(engine_config.url),
             state.role_error is None,
             round(latency, 2),
             state.lag_seconds,
             state.role_error,
         )
         return status, state.position
+
+    @staticmethod
+    def _failed(engine_config: EngineConfig, exc: BaseException) -> EngineStatus:
+        message = str(exc).strip().splitlines()
+        error = message[0] if message else type(exc).__name__
+        url = _config.mask_url(engine_config.url)
+        return EngineStatus(engine_config.name, engine_config.role, url, False, None, None, error)
+
+    def _probe_engine(self, name: str) -> Engine:
+        """The Engine health checks and the lag monitor probe ``name`` with.
+
+        An async-only driver's is pool-less and used only under :func:`aio.run_blocking`.
+        """
+        if name in self._async_only:
+            return self._aio.probe_engine(self._engine_configs[name])
+        return self.engine(name)
 
     def stats(self) -> dict[str, EngineStats]:
         """Routing counters per engine: sessions routed, fallbacks, ejections, lag probes."""
@@ -332,7 +419,11 @@ class Registry:
         with self._lock:
             if self._monitor is not None:
                 return
-            monitor = self._monitor = LagMonitor(self._watched, self.engine)
+            monitor = self._monitor = LagMonitor(
+                self._watched,
+                self._probe_engine,
+                run=aio.run_blocking if self._async_only else None,
+            )
         monitor.start(wait=max(w.interval for w in self._watched))
 
     # -- lifecycle ------------------------------------------------------------
@@ -347,6 +438,14 @@ class Registry:
             monitor.stop()
         for engine in engines:
             engine.dispose()
+        for name, async_engine in self._aio.take().items():
+            # Its connections belong to an event loop: only async_dispose() can close them.
+            log.warning(
+                "dispose(): AsyncEngine %s dropped without closing its connections;"
+                " use `await dbs.async_dispose()` or `async with dbs`",
+                name,
+            )
+            async_engine.sync_engine.dispose(close=False)
 
     def __enter__(self) -> Registry:
         return self
@@ -358,6 +457,72 @@ class Registry:
         tb: TracebackType | None,
     ) -> None:
         self.dispose()
+
+    # -- asyncio (SPEC section 5; the machinery is in multidb/aio.py) ------------
+
+    def async_engine(self, name: str) -> AsyncEngine:
+        """The AsyncEngine of an engine name; a database name means its primary.
+
+        Created on first use; creating it opens no connection. A sync-only
+        driver's engine raises RoutingError saying what to write instead.
+        """
+        return self._aio.engine(name)
+
+    def async_sessionmaker(
+        self, name: str, role: Role | None = None
+    ) -> async_sessionmaker[AsyncSession]:
+        """A factory of AsyncSessions routed exactly as :meth:`sessionmaker`'s sessions are."""
+        if role is None and name in self.config.databases:
+            role = _causal.request_role.get()
+        maker = self._aio.factory(name, role)
+        if self._monitor is None and self._watched and name in self.config.databases:
+            self._start_monitor_off_loop()
+        return maker
+
+    def async_session(self, name: str, *, role: Role | None = None) -> aio.AsyncSessionScope:
+        """An AsyncSession for an ``async with`` block: commits, rolls back on error, closes.
+
+        Routed exactly as :meth:`session` is; an unknown name or a role that
+        does not fit raises here, before the block runs.
+        """
+        if role is None and name in self.config.databases:
+            role = _causal.request_role.get()
+        maker = self._aio.factory(name, role)
+        ready = None
+        if self._monitor is None and self._watched and name in self.config.databases:
+            ready = self._start_monitor  # waited for in a worker thread, not on the loop
+        return aio.AsyncSessionScope(maker, ready)
+
+    async def async_health(self) -> list[EngineStatus]:
+        """:meth:`health` for async code: every engine probed at once, none blocking the loop."""
+        return await self._aio.health()
+
+    async def async_dispose(self) -> None:
+        """Stop the lag monitor and close every pooled connection, sync and async."""
+        engines = self._aio.take()
+        await asyncio.to_thread(self.dispose)
+        for engine in engines.values():
+            await engine.dispose()
+
+    def _start_monitor_off_loop(self) -> None:
+        """Start the lag monitor; wait for its first round only where no event loop runs."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            self._start_monitor()
+            return
+        threading.Thread(target=self._start_monitor, name="multidb-monitor-start").start()
+
+    async def __aenter__(self) -> Registry:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.async_dispose()
 
 
 class _SessionScope:

@@ -1,0 +1,469 @@
+"""asyncio routing (SPEC section 5) on every async driver, against real servers.
+
+The same tests run on PostgreSQL through asyncpg and through psycopg 3, on
+MariaDB through aiomysql, and on SQLite through aiosqlite. Which server ran a
+statement is asked of the server (``inet_server_port()``,
+``pg_is_in_recovery()``, ``@@server_id``); on SQLite, where primary and
+replica are one file, it is the engine SQLAlchemy ran the statement on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from servers import MariaDBCluster, PostgresCluster, PostgresServer, wait_until
+from sqlalchemy import Column, Integer, MetaData, String, Table, event, insert, select, text, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from multidb import ReadOnlyError, Registry
+
+metadata = MetaData()
+marks = Table(
+    "async_marks",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("marker", String(64), nullable=False),
+)
+counters = Table(
+    "async_counters",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("n", Integer, nullable=False),
+)
+
+Cluster = PostgresCluster | MariaDBCluster
+
+# Each driver's connect timeout argument: a stopped server fails fast.
+_TIMEOUT_ARG = {"asyncpg": "timeout", "psycopg": "connect_timeout", "aiomysql": "connect_timeout"}
+
+
+@dataclass
+class Backend:
+    """One async driver on one replicated backend, and how to ask a server who it is."""
+
+    driver: str  # "postgresql+asyncpg", "postgresql+psycopg", "mysql+aiomysql", "sqlite+aiosqlite"
+    cluster: Cluster | None  # None: SQLite, the replica is the primary's file opened read-only
+    directory: Path | None = None
+    seen: list[str] = field(default_factory=list)  # SQLite: engines that ran statements
+
+    def open(self, weights: dict[str, float] | None = None, **routing: Any) -> Registry:
+        """A registry of this backend; on SQLite, its engines note what they run."""
+        dbs = Registry.from_dict(self.config(weights, **routing))
+        if self.cluster is None:
+            for name in dbs.engine_names:
+                engine = dbs.async_engine(name).sync_engine
+                short = name.partition(".")[2]
+                for hook in ("do_execute", "do_executemany", "do_execute_no_params"):
+                    event.listen(engine, hook, lambda *args, short=short: self.seen.append(short))
+        return dbs
+
+    @property
+    def kind(self) -> str:
+        return self.driver.partition("+")[0]
+
+    @property
+    def primary(self) -> str:
+        return self.cluster.primary.name if self.cluster else "primary"
+
+    @property
+    def replicas(self) -> list[str]:
+        return [r.name for r in self.cluster.replicas] if self.cluster else ["replica1"]
+
+    def config(self, weights: dict[str, float] | None = None, **routing: Any) -> dict[str, Any]:
+        if self.cluster is None:
+            assert self.directory is not None
+            path = self.directory / "async.db"
+            return {
+                "databases": {
+                    "db": {
+                        "primary": f"sqlite+aiosqlite:///{path}",
+                        "replicas": {
+                            "replica1": {
+                                "url": f"sqlite+aiosqlite:///file:{path}?mode=ro&uri=true",
+                                "weight": (weights or {}).get("replica1", 1),
+                            }
+                        },
+                        "routing": routing,
+                    }
+                }
+            }
+        scheme = self.driver
+        replicas = {
+            r.name.replace("-", "_"): {
+                "url": _with_scheme(r.url(), scheme),
+                "weight": (weights or {}).get(r.name, 1),
+            }
+            for r in self.cluster.replicas
+        }
+        timeout = {_TIMEOUT_ARG[scheme.partition("+")[2]]: 2}
+        return {
+            "databases": {
+                "db": {
+                    "primary": _with_scheme(self.cluster.primary.url(), scheme),
+                    "replicas": replicas,
+                    "options": {"connect_args": timeout},
+                    "routing": {"cooldown_seconds": 2, **routing},
+                }
+            }
+        }
+
+    async def where(self, session: AsyncSession) -> str:
+        """The server that runs ``session``'s next statement, as the server says."""
+        if self.cluster is None:
+            self.seen.clear()
+            await session.execute(text("SELECT 1"))
+            return self.seen[-1]
+        if self.kind == "postgresql":
+            port = (await session.execute(text("SELECT inet_server_port()"))).scalar_one()
+            return {s.port: s.name for s in self.cluster.servers}[port]
+        assert isinstance(self.cluster, MariaDBCluster)
+        server_id = (await session.execute(text("SELECT @@server_id"))).scalar_one()
+        return {s.server_id: s.name for s in self.cluster.servers}[server_id]
+
+    def delay(self) -> AbstractContextManager[None]:
+        """Real apply lag on the second replica: 0.3 s on PostgreSQL, 1 s on MariaDB."""
+        if self.cluster is None:
+            return nullcontext()  # SQLite's replica is the primary's own file
+        server = self.cluster.replicas[1]
+        if isinstance(server, PostgresServer):
+            return server.apply_delay(0.3)
+        return server.apply_delay(1)
+
+
+def _with_scheme(url: str, scheme: str) -> str:
+    return scheme + url[url.index("://") :]
+
+
+_BACKENDS = [
+    pytest.param("postgresql+asyncpg", marks=pytest.mark.postgresql, id="asyncpg"),
+    pytest.param("postgresql+psycopg", marks=pytest.mark.postgresql, id="psycopg"),
+    pytest.param("mysql+aiomysql", marks=pytest.mark.mariadb, id="aiomysql"),
+    pytest.param("sqlite+aiosqlite", id="aiosqlite"),
+]
+_SERVERS = _BACKENDS[:3]
+
+
+def _make_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    driver: str = request.param
+    if driver.startswith("sqlite"):
+        backend = Backend(driver, None, tmp_path)
+    else:
+        fixture = "pg_cluster" if driver.startswith("postgresql") else "mariadb_cluster"
+        backend = Backend(driver, request.getfixturevalue(fixture))
+
+    async def create() -> None:
+        async with backend.open() as setup, setup.async_engine("db").begin() as connection:
+            await connection.run_sync(metadata.create_all)
+
+    asyncio.run(create())
+    if backend.cluster is not None:
+        backend.cluster.wait_caught_up()
+    yield backend
+    if backend.cluster is not None:
+        for replica in backend.cluster.replicas:
+            if not replica.is_running():
+                replica.start()
+            if replica.replay_paused:
+                replica.resume_replay()
+        backend.cluster.wait_caught_up(timeout=30)
+
+
+@pytest.fixture(params=_BACKENDS)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    yield from _make_backend(request, tmp_path)
+
+
+@pytest.fixture(params=_SERVERS)
+def server_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    yield from _make_backend(request, tmp_path)
+
+
+async def write_marker(dbs: Registry) -> str:
+    marker = uuid.uuid4().hex
+    async with dbs.async_session("db", role="write") as s:
+        await s.execute(insert(marks).values(marker=marker))
+    return marker
+
+
+async def sees(session: AsyncSession, marker: str) -> bool:
+    found = await session.scalar(select(marks.c.id).where(marks.c.marker == marker))
+    return found is not None
+
+
+async def count(dbs: Registry, marker: str) -> int:
+    async with dbs.async_session("db", role="write") as s:
+        query = select(marks.c.id).where(marks.c.marker == marker)
+        return len((await s.scalars(query)).all())
+
+
+# -- where statements run -----------------------------------------------------------
+
+
+def test_async_read_sessions_run_on_a_replica_and_writes_on_the_primary(
+    backend: Backend,
+) -> None:
+    async def main() -> None:
+        async with backend.open() as dbs:
+            for _ in range(4):
+                async with dbs.async_session("db", role="read") as s:
+                    assert await backend.where(s) in backend.replicas
+                    if backend.kind == "postgresql":
+                        assert (await s.scalar(text("SELECT pg_is_in_recovery()"))) is True
+            async with dbs.async_session("db", role="write") as s:
+                assert await backend.where(s) == backend.primary
+                if backend.kind == "postgresql":
+                    assert (await s.scalar(text("SELECT pg_is_in_recovery()"))) is False
+
+    asyncio.run(main())
+
+
+def test_async_read_session_refuses_a_write_and_sends_nothing(backend: Backend) -> None:
+    async def main() -> None:
+        async with backend.open() as dbs:
+            sent: list[str] = []
+            for name in dbs.engine_names:
+                engine = dbs.async_engine(name).sync_engine
+                for hook in ("do_execute", "do_executemany", "do_execute_no_params"):
+                    event.listen(engine, hook, lambda cursor, sql, *a: sent.append(sql))
+            marker = uuid.uuid4().hex
+            with pytest.raises(ReadOnlyError, match="nothing was sent"):
+                async with dbs.async_session("db", role="read") as s:
+                    await s.execute(insert(marks).values(marker=marker))
+            with pytest.raises(ReadOnlyError, match="nothing was sent"):
+                async with dbs.async_session("db", role="read") as s:
+                    await s.execute(text(f"INSERT INTO async_marks (marker) VALUES ('{marker}')"))
+            assert not [sql for sql in sent if "async_marks" in sql]
+            assert await count(dbs, marker) == 0
+
+    asyncio.run(main())
+
+
+def test_async_read_session_that_fell_back_to_the_primary_cannot_write_there(
+    backend: Backend,
+) -> None:
+    """Even a write sent straight to the DBAPI cursor is refused by the server's read-only mode."""
+
+    def raw_insert(connection: Any) -> None:
+        cursor = connection.connection.dbapi_connection.cursor()
+        cursor.execute("INSERT INTO async_marks (marker) VALUES ('refused')")
+
+    async def main() -> None:
+        weights = dict.fromkeys(backend.replicas, 0.0)  # no usable replica: reads fall back
+        async with backend.open(weights) as dbs:
+            async with dbs.async_session("db", role="read") as s:
+                assert await backend.where(s) == backend.primary
+                connection = await s.connection()
+                with pytest.raises(Exception, match=r"(?i)read.?only"):
+                    await connection.run_sync(raw_insert)
+            assert await count(dbs, "refused") == 0
+
+    asyncio.run(main())
+
+
+def test_async_auto_session_reads_on_a_replica_until_its_first_write_then_stays_on_the_primary(
+    backend: Backend,
+) -> None:
+    async def main() -> None:
+        async with backend.open() as dbs, dbs.async_session("db", role="auto") as s:
+            assert await backend.where(s) in backend.replicas
+            marker = uuid.uuid4().hex
+            await s.execute(insert(marks).values(marker=marker))
+            assert await backend.where(s) == backend.primary
+            assert await sees(s, marker)
+            await s.commit()
+            assert await sees(s, marker)
+            assert await backend.where(s) == backend.primary
+
+    asyncio.run(main())
+
+
+# -- failures and lag ---------------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_async_replica_stopped_under_8_tasks_costs_no_failed_read(
+    server_backend: Backend,
+) -> None:
+    backend = server_backend
+    assert backend.cluster is not None
+    victim = backend.cluster.replicas[0]
+    served: Counter[str] = Counter()
+    failures: list[BaseException] = []
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        async with backend.open(cooldown_seconds=2) as dbs:
+
+            async def reader() -> None:
+                while not stop.is_set():
+                    try:
+                        async with dbs.async_session("db", role="read") as s:
+                            served[await backend.where(s)] += 1
+                    except Exception as exc:
+                        failures.append(exc)
+
+            async def until(predicate: Any, timeout: float, message: str) -> None:
+                deadline = time.monotonic() + timeout
+                while not predicate():
+                    assert time.monotonic() < deadline, message
+                    await asyncio.sleep(0.01)
+
+            tasks = [asyncio.create_task(reader()) for _ in range(8)]
+            try:
+                await until(lambda: served[victim.name] >= 20, 30, "victim serves")
+                await asyncio.to_thread(victim.stop, True)
+                before = sum(served.values())
+                await until(lambda: sum(served.values()) >= before + 200, 30, "reads go on")
+            finally:
+                stop.set()
+                await asyncio.gather(*tasks)
+            ejections = dbs.stats()[f"db.{victim.name.replace('-', '_')}"].error_ejections
+        print(
+            f"{backend.driver}: {sum(served.values())} reads by 8 tasks, {len(failures)} failed,"
+            f" served {dict(served)}"
+        )
+        assert failures == []
+        assert ejections >= 1
+
+    asyncio.run(main())
+
+
+def test_async_replay_paused_replica_is_left_out_once_over_max_lag(
+    server_backend: Backend,
+) -> None:
+    backend = server_backend
+    assert backend.cluster is not None
+    paused, other = backend.cluster.replicas
+    engine_name = f"db.{paused.name.replace('-', '_')}"
+
+    async def main() -> None:
+        async with backend.open(max_lag_seconds=1, check_interval_seconds=0.2) as dbs:
+            async with dbs.async_session("db", role="read") as s:  # starts the lag monitor
+                await s.execute(text("SELECT 1"))
+            await asyncio.to_thread(
+                wait_until, lambda: dbs.stats()[engine_name].in_rotation, timeout=10
+            )
+            await asyncio.to_thread(paused.pause_replay)
+            marker = await write_marker(dbs)
+            await asyncio.to_thread(
+                wait_until,
+                lambda: not dbs.stats()[engine_name].in_rotation,
+                timeout=1 + 0.2 + 2,
+                message="paused replica left out",
+            )
+            await asyncio.to_thread(backend.cluster.wait_caught_up)  # type: ignore[union-attr]
+            for _ in range(10):
+                async with dbs.async_session("db", role="read") as s:
+                    assert await backend.where(s) == other.name
+                    assert await sees(s, marker)
+            assert dbs.stats()[engine_name].lag_ejections >= 1
+
+    asyncio.run(main())
+
+
+# -- read-your-writes -----------------------------------------------------------------
+
+
+def test_async_100_writes_each_read_by_a_new_read_session_with_a_delayed_replica_0_stale(
+    backend: Backend,
+) -> None:
+    served: Counter[str] = Counter()
+
+    async def main() -> int:
+        stale = 0
+        with backend.delay():
+            async with backend.open() as dbs:
+                for _ in range(100):
+                    marker = await write_marker(dbs)
+                    async with dbs.async_session("db", role="read") as s:
+                        served[await backend.where(s)] += 1
+                        stale += not await sees(s, marker)
+        return stale
+
+    stale = asyncio.run(main())
+    print(f"{backend.driver}: 100 write-then-read cycles, {stale} stale, served by {dict(served)}")
+    assert stale == 0
+
+
+def test_async_writes_in_child_tasks_are_read_by_the_parents_scope_0_stale(
+    server_backend: Backend,
+) -> None:
+    """A causal scope follows asyncio tasks: a child task's write constrains the parent's reads."""
+    backend = server_backend
+
+    async def main() -> int:
+        stale = 0
+        with backend.delay():
+            async with backend.open() as dbs:
+                for _ in range(30):
+                    with dbs.causal():
+                        marker = await asyncio.create_task(write_marker(dbs))
+                        token = dbs.causal_token()
+                        assert token is not None
+                    with dbs.causal(token):
+                        async with dbs.async_session("db", role="read") as s:
+                            stale += not await sees(s, marker)
+        return stale
+
+    assert asyncio.run(main()) == 0
+
+
+def test_async_100_auto_read_modify_write_increments_end_at_exactly_100(
+    backend: Backend,
+) -> None:
+    row_id = uuid.uuid4().int % 2**31
+
+    async def main() -> int | None:
+        with backend.delay():
+            async with backend.open() as dbs:
+                async with dbs.async_session("db", role="write") as s:
+                    await s.execute(insert(counters).values(id=row_id, n=0))
+                for _ in range(100):
+                    async with dbs.async_session("db", role="auto") as s:
+                        n = await s.scalar(select(counters.c.n).where(counters.c.id == row_id))
+                        assert n is not None
+                        await s.execute(
+                            update(counters).where(counters.c.id == row_id).values(n=n + 1)
+                        )
+                async with dbs.async_session("db", role="write") as s:
+                    return await s.scalar(select(counters.c.n).where(counters.c.id == row_id))
+
+    assert asyncio.run(main()) == 100
+
+
+# -- concurrency ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("driver", _BACKENDS[:2])
+def test_20_concurrent_pg_sleep_reads_are_not_serialised(
+    driver: str, pg_cluster: PostgresCluster
+) -> None:
+    """20 reads of 0.2 s each would take 4 s one after another; together they overlap."""
+    backend = Backend(driver, pg_cluster)
+
+    async def main() -> float:
+        async with backend.open() as dbs:
+            factory = dbs.async_sessionmaker("db", role="read")
+            assert isinstance(factory, async_sessionmaker)
+
+            async def read() -> None:
+                async with factory() as s:
+                    await s.execute(text("SELECT pg_sleep(0.2)"))
+
+            await read()  # connections and the first round of probes are not what is measured
+            started = time.monotonic()
+            await asyncio.gather(*(read() for _ in range(20)))
+            return time.monotonic() - started
+
+    elapsed = asyncio.run(main())
+    print(f"{driver}: 20 concurrent pg_sleep(0.2) reads in {elapsed:.2f}s (serial: 4 s)")
+    assert elapsed < 2.0
