@@ -137,6 +137,7 @@ class AsyncEngines:
         name = engine_config.name
         engine = self._probes.get(name)
         if engine is None:
+            self._registry._prepare(engine_config)
             options = {k: v for k, v in engine_config.options.items() if k not in _POOL_OPTIONS}
             async_engine = create_async_engine(engine_config.url, poolclass=NullPool, **options)
             engine = self._probes.setdefault(name, async_engine.sync_engine)

@@ -10,6 +10,9 @@ replica are one file, it is the engine SQLAlchemy ran the statement on.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
+import socket
+import sys
 import time
 import uuid
 from collections import Counter
@@ -24,7 +27,16 @@ from servers import MariaDBCluster, PostgresCluster, PostgresServer, wait_until
 from sqlalchemy import Column, Integer, MetaData, String, Table, event, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from multidb import ReadOnlyError, Registry
+from multidb import (
+    ConfigError,
+    ReadOnlyError,
+    Registry,
+    RoutingError,
+    UnknownNameError,
+    aio,
+    causal,
+)
+from multidb.cli import main as cli_main
 
 metadata = MetaData()
 marks = Table(
@@ -467,3 +479,272 @@ def test_20_concurrent_pg_sleep_reads_are_not_serialised(
     elapsed = asyncio.run(main())
     print(f"{driver}: 20 concurrent pg_sleep(0.2) reads in {elapsed:.2f}s (serial: 4 s)")
     assert elapsed < 2.0
+
+
+# -- one config for async code and sync tools (SQLite, no server) ----------------------
+
+
+def _sqlite_async_config(tmp_path: Path) -> dict[str, Any]:
+    path = tmp_path / "main.db"
+    return {
+        "databases": {
+            "main": {
+                "primary": f"sqlite+aiosqlite:///{path}",
+                "replicas": {"a": f"sqlite+aiosqlite:///file:{path}?mode=ro&uri=true"},
+            },
+            "legacy": f"sqlite:///{tmp_path / 'legacy.db'}",
+        }
+    }
+
+
+def test_sync_methods_on_an_async_only_engine_raise_routing_error_saying_what_to_write(
+    tmp_path: Path,
+) -> None:
+    dbs = Registry.from_dict(_sqlite_async_config(tmp_path))
+    with pytest.raises(RoutingError) as engine_error:
+        dbs.engine("main")
+    assert str(engine_error.value) == (
+        "main.primary uses sqlite+aiosqlite, an async-only driver: use"
+        " dbs.async_engine('main.primary') in async code, or write sqlite:// to serve sync"
+        " code too"
+    )
+    with pytest.raises(RoutingError, match=r"use dbs\.async_session\('main'\)"):
+        dbs.session("main", role="read")
+    with pytest.raises(RoutingError, match=r"use dbs\.async_session\('main\.a'\)"):
+        dbs.sessionmaker("main.a")
+
+
+def test_async_methods_on_a_sync_only_engine_raise_routing_error_saying_what_to_write(
+    tmp_path: Path,
+) -> None:
+    dbs = Registry.from_dict(_sqlite_async_config(tmp_path))
+    with pytest.raises(RoutingError) as engine_error:
+        dbs.async_engine("legacy")
+    assert str(engine_error.value) == (
+        "legacy.primary uses sqlite, a sync-only driver: use dbs.engine('legacy.primary') in"
+        " sync code, or write sqlite+aiosqlite:// to serve async code"
+    )
+    with pytest.raises(RoutingError, match=r"use dbs\.session\('legacy'\)"):
+        dbs.async_session("legacy")
+    with pytest.raises(RoutingError, match=r"use dbs\.session\('legacy'\)"):
+        dbs.async_sessionmaker("legacy", role="read")
+
+
+def test_role_errors_and_unknown_names_raise_before_the_async_block_runs(tmp_path: Path) -> None:
+    dbs = Registry.from_dict(_sqlite_async_config(tmp_path))
+    with pytest.raises(RoutingError, match="cannot take role='write'"):
+        dbs.async_session("main.a", role="write")
+    with pytest.raises(RoutingError, match="unknown role"):
+        dbs.async_sessionmaker("main", role="reader")  # type: ignore[arg-type]
+    with pytest.raises(UnknownNameError):
+        dbs.async_session("mian")
+
+
+def test_psycopg_serves_sync_and_async_sessions_from_one_url(tmp_path: Path) -> None:
+    config = {"databases": {"pg": "postgresql+psycopg://app@127.0.0.1:1/app"}}
+    dbs = Registry.from_dict(config)  # creating engines opens no connection
+    assert dbs.engine("pg").dialect.is_async is False
+    assert dbs.async_engine("pg").sync_engine.dialect.is_async is True
+    assert isinstance(dbs.async_sessionmaker("pg"), async_sessionmaker)
+    dbs.dispose()
+
+
+def test_a_database_whose_engines_share_no_mode_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "mixed.yaml"
+    path.write_text(
+        "databases:\n"
+        "  main:\n"
+        "    primary: postgresql+asyncpg://app@db1/app\n"
+        "    replicas:\n"
+        "      a: postgresql+psycopg2://app@db2/app\n"
+    )
+    with pytest.raises(ConfigError) as error:
+        Registry.from_yaml(path)
+    assert str(error.value) == (
+        f"{path}:5:10: databases.main.replicas.a: postgresql+psycopg2 serves only sync code and"
+        " the engines before it (main.primary ...) only async code: no session can use them all;"
+        " write postgresql+asyncpg:// or postgresql+psycopg:// (psycopg 3 serves both) here"
+    )
+
+
+def test_a_missing_async_driver_is_a_config_error_naming_the_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "aiosqlite", None)  # import aiosqlite fails
+    with pytest.raises(
+        ConfigError,
+        match=r"driver 'aiosqlite' is not installed: pip install 'multidb\[aiosqlite\]'",
+    ):
+        Registry.from_dict(_sqlite_async_config(tmp_path))
+
+
+def test_an_async_driver_without_greenlet_is_a_config_error_naming_the_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "greenlet" else find_spec(name, *a),
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"needs greenlet, which is not installed: pip install 'multidb\[aiosqlite\]'",
+    ):
+        Registry.from_dict(_sqlite_async_config(tmp_path))
+
+
+def test_multidb_check_works_on_the_bundled_async_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "async.yaml"
+    config.write_text((Path(__file__).parents[1] / "config" / "async.yaml").read_text())
+    assert cli_main(["check", str(config)]) == 0
+    rows = capsys.readouterr().out.splitlines()[1:]
+    assert [row.split()[:4] for row in rows] == [
+        ["main.primary", "primary", f"sqlite+aiosqlite:///{tmp_path}/var/main.db", "OK"],
+        [
+            "main.a",
+            "replica",
+            f"sqlite+aiosqlite:///file:{tmp_path}/var/main.db?mode=ro&uri=true",
+            "OK",
+        ],
+        ["local.primary", "primary", f"sqlite+aiosqlite:///{tmp_path}/var/local.db", "OK"],
+    ]
+
+
+def test_sync_health_works_from_inside_a_running_event_loop(tmp_path: Path) -> None:
+    dbs = Registry.from_dict(_sqlite_async_config(tmp_path))
+
+    async def main() -> list[bool]:
+        return [status.ok for status in dbs.health()]
+
+    assert asyncio.run(main()) == [True, True, True]
+
+
+def test_async_health_reports_every_engine_sync_and_async(tmp_path: Path) -> None:
+    async def main() -> list[tuple[str, bool, float | None]]:
+        async with Registry.from_dict(_sqlite_async_config(tmp_path)) as dbs:
+            return [(s.name, s.ok, s.lag_seconds) for s in await dbs.async_health()]
+
+    assert asyncio.run(main()) == [
+        ("main.primary", True, None),
+        ("main.a", True, 0.0),
+        ("legacy.primary", True, None),
+    ]
+
+
+@pytest.mark.timeout(30)
+def test_async_health_does_not_block_the_loop_on_servers_that_never_answer() -> None:
+    """A listener that accepts and never answers: FAIL rows after the timeout, the loop ticking."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        port = listener.getsockname()[1]
+        hung = f"app:secret@127.0.0.1:{port}/app"
+        routing = {"connect_timeout_seconds": 1}
+        config = {
+            "databases": {
+                "pg": {"url": f"postgresql+asyncpg://{hung}", "routing": routing},
+                "old": {
+                    "url": f"postgresql+psycopg2://{hung}",
+                    "options": {"connect_args": {"connect_timeout": 3}},
+                    "routing": routing,
+                },
+            }
+        }
+
+        async def main() -> tuple[list[tuple[str, bool, str | None]], int]:
+            ticks = 0
+            done = asyncio.Event()
+
+            async def ticker() -> None:
+                nonlocal ticks
+                while not done.is_set():
+                    await asyncio.sleep(0.02)
+                    ticks += 1
+
+            task = asyncio.create_task(ticker())
+            dbs = Registry.from_dict(config)
+            statuses = await dbs.async_health()
+            done.set()
+            await task
+            await dbs.async_dispose()
+            return [(s.name, s.ok, s.error) for s in statuses], ticks
+
+        statuses, ticks = asyncio.run(main())
+    assert statuses == [
+        ("pg.primary", False, "no answer within 1s"),
+        ("old.primary", False, "no answer within 1s"),
+    ]
+    assert ticks >= 20  # ~50 in the second the probes waited: the loop kept running
+
+
+def test_async_with_closes_the_async_pools_and_sync_dispose_warns_it_cannot(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    closed: list[str] = []
+
+    async def use(dbs: Registry) -> None:
+        event.listen(dbs.async_engine("main").sync_engine, "close", lambda *a: closed.append("x"))
+        async with dbs.async_session("main") as s:
+            await s.execute(text("SELECT 1"))
+
+    async def main() -> None:
+        async with Registry.from_dict(_sqlite_async_config(tmp_path)) as dbs:
+            await use(dbs)
+        assert closed == ["x"]
+
+    asyncio.run(main())
+    dbs = Registry.from_dict(_sqlite_async_config(tmp_path))
+    asyncio.run(use(dbs))
+    dbs.dispose()
+    assert "AsyncEngine main.primary dropped without closing" in caplog.text
+
+
+def test_async_sessions_take_the_request_role(tmp_path: Path) -> None:
+    async def main() -> list[str | None]:
+        async with Registry.from_dict(_sqlite_async_config(tmp_path)) as dbs:
+            async with dbs.async_session("main") as s:  # the file the replica opens
+                await s.execute(text("CREATE TABLE t (x INTEGER)"))
+            readers = []
+            for role in ("read", "write"):
+                with causal.use_role(role):
+                    async with dbs.async_session("main") as s:
+                        await s.execute(text("SELECT 1"))
+                        readers.append(getattr(s.sync_session, "reader", None))
+            return readers
+
+    assert asyncio.run(main()) == ["main.a", None]
+
+
+def test_greenlet_spawn_is_where_sqlalchemy_keeps_it() -> None:
+    """multidb.aio.run_blocking relies on sqlalchemy.util.greenlet_spawn (not documented API)."""
+    from sqlalchemy.util import greenlet_spawn
+
+    assert aio.run_blocking(lambda: 42) == 42
+    assert asyncio.iscoroutinefunction(greenlet_spawn)
+
+
+def test_the_readme_fastapi_example_is_examples_fastapi_async_and_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = Path(__file__).parents[1]
+    example = (root / "examples" / "fastapi_async.py").read_text()
+    readme = (root / "README.md").read_text()
+    assert "```python\n" + example + "```" in readme
+    config = tmp_path / "async.yaml"
+    config.write_text((root / "config" / "async.yaml").read_text())
+    monkeypatch.setenv("MULTIDB_CONFIG", str(config))
+    spec = importlib.util.spec_from_file_location(
+        "fastapi_async", root / "examples" / "fastapi_async.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    from fastapi.testclient import TestClient
+
+    with TestClient(module.app) as client:
+        assert client.post("/notes", params={"text": "hello"}).json() == {"id": 1}
+        assert client.post("/notes", params={"text": "world"}).json() == {"id": 2}
+        assert client.get("/notes").json() == ["hello", "world"]
