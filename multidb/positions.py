@@ -35,7 +35,10 @@ _WROTE = "multidb_wrote"  # in a pooled connection's info: this transaction sent
 
 
 def backend(engine: Engine | Connection) -> str | None:
-    """``"postgresql"`` or ``"mariadb"`` where positions can be read, else None."""
+    """``"postgresql"`` or ``"mariadb"`` where positions can be read, else None.
+
+    MariaDB behind a ``mysql://`` URL is told apart only once the engine has connected.
+    """
     dialect = engine.dialect
     if dialect.name == "postgresql":
         return "postgresql"
@@ -52,13 +55,15 @@ def install_capture(engine: Engine, database: str) -> None:
     writes is not seen. On SQLite, and MySQL without MariaDB GTIDs, only the
     fact that the scope wrote is kept.
     """
-    kind = backend(engine)
     dialect = engine.dialect
 
     def _note_write(cursor: Any, statement: str, parameters: Any, context: Any = None) -> None:
         if context is None:  # do_execute_no_params passes (cursor, statement, context)
             context = parameters
-        if classify_text(statement) is not Kind.READ:
+        # A read session on this primary (its Connection flagged read-only) never writes.
+        if classify_text(statement) is not Kind.READ and not context.execution_options.get(
+            "multidb_read_only"
+        ):
             info = _info(context.root_connection)
             if info is not None:  # None: the dialect's own first-connect queries
                 info[_WROTE] = True
@@ -75,6 +80,7 @@ def install_capture(engine: Engine, database: str) -> None:
         if info is None or not info.pop(_WROTE, False):
             return
         position: Position | None = None
+        kind = backend(engine)  # known once connected: is_mariadb is read from the server
         if kind is not None:
             try:
                 raw = getattr(dbapi_connection, "dbapi_connection", dbapi_connection)
