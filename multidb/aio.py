@@ -101,7 +101,10 @@ class AsyncEngines:
         self._registry = registry
         self._engines: dict[str, AsyncEngine] = {}
         self._probes: dict[str, Engine] = {}
-        self._factories: dict[tuple[str, str | None], async_sessionmaker[AsyncSession]] = {}
+        # (name, role) -> (factory, whether the router picks its replicas)
+        self._factories: dict[
+            tuple[str | None, str | None], tuple[async_sessionmaker[AsyncSession], bool]
+        ] = {}
         self._lock = threading.Lock()
 
     # -- engines --------------------------------------------------------------
@@ -145,31 +148,44 @@ class AsyncEngines:
 
     # -- session factories ----------------------------------------------------
 
-    def factory(self, name: str, role: str | None) -> async_sessionmaker[AsyncSession]:
-        """The async session factory of ``name`` and ``role``, resolved once."""
-        maker = self._factories.get((name, role))
-        if maker is None:
-            maker = self._factories[name, role] = self._resolve(name, role)
-        return maker
+    def factory(
+        self, name: str | None, role: str | None
+    ) -> tuple[async_sessionmaker[AsyncSession], bool]:
+        """The async session factory of ``name`` and ``role`` (resolved once), and whether
+        its sessions read through a router (then the lag monitor must run)."""
+        found = self._factories.get((name, role))
+        if found is None:
+            found = self._factories[name, role] = self._resolve(name, role)
+        return found
 
-    def _resolve(self, name: str, role: str | None) -> async_sessionmaker[AsyncSession]:
+    def _resolve(
+        self, name: str | None, role: str | None
+    ) -> tuple[async_sessionmaker[AsyncSession], bool]:
         registry = self._registry
         route = registry._route(name, role)
         registry._require("async", name, route.engines, "async_session")
         sync = route.maker
         kw = dict(sync.kw)
         kw.pop("bind", None)
+        # The same routing, reading through the AsyncEngines' sync_engine.
         reads = kw.get("multidb_reads")
-        if isinstance(reads, ReadSource):  # the same routing, reading through AsyncEngines
-            reads = copy.copy(reads)
-            reads.engine = self.sync_engine
-            kw["multidb_reads"] = reads
-        return async_sessionmaker(
-            bind=self.engine(route.engine),
+        if isinstance(reads, ReadSource):
+            kw["multidb_reads"] = self._through_async(reads)
+        databases = kw.get("multidb_databases")
+        if databases:
+            kw["multidb_databases"] = {n: self._through_async(r) for n, r in databases.items()}
+        maker = async_sessionmaker(
+            bind=None if route.engine is None else self.engine(route.engine),
             class_=AsyncSession,
             sync_session_class=sync.class_,
             **kw,
         )
+        return maker, route.routed
+
+    def _through_async(self, source: ReadSource) -> ReadSource:
+        twin = copy.copy(source)
+        twin.engine = self.sync_engine
+        return twin
 
     # -- health and lifecycle -------------------------------------------------
 
@@ -210,6 +226,12 @@ class AsyncEngines:
         except TimeoutError:
             error = TimeoutError(f"no answer within {timeout:g}s")
             return registry._failed(engine_config, error), None
+
+    def forget(self, name: str | None) -> None:
+        """Drop the factories of ``name`` (None: several databases), made again on next use."""
+        with self._lock:
+            for key in [k for k in self._factories if k[0] == name]:
+                del self._factories[key]
 
     def take(self) -> dict[str, AsyncEngine]:
         """Forget every AsyncEngine and factory; the caller disposes the engines returned."""

@@ -42,7 +42,8 @@ from .positions import install_capture
 from .probes import probe
 from .readonly import install_primary, install_replica
 from .router import EngineStats, Router
-from .sessions import AutoSession, ReadSession, ReadSource
+from .routes import DatabaseRouter, RouteTable
+from .sessions import AutoSession, ReadSession, ReadSource, RoutedSession
 
 __all__ = ["EngineStatus", "Registry", "load"]
 
@@ -56,7 +57,7 @@ class _Route:
     """What a name and role resolve to, for sync and async factories alike."""
 
     maker: orm.sessionmaker[Session]  # the sync factory (its class and options)
-    engine: str  # the engine its sessions are bound to
+    engine: str | None  # the engine its sessions are bound to (None: several databases)
     engines: tuple[str, ...]  # every engine its sessions may use
     bound: bool  # maker is the engine's own configured class, bound on first use
     routed: bool  # the router picks replicas: the lag monitor must run
@@ -104,9 +105,11 @@ class Registry:
             if db.routing.max_lag_seconds is not None and db.replicas
         ]
         self._monitor: LagMonitor | None = None
+        self._routes = RouteTable()
+        self._database_router: DatabaseRouter = self._routes
         self._ttls = {n: db.routing.causal_ttl_seconds for n, db in config.databases.items()}
         # (name, role) -> factory, once resolved: the hot path is one dict lookup.
-        self._factories: dict[tuple[str, str | None], orm.sessionmaker[Session]] = {}
+        self._factories: dict[tuple[str | None, str | None], orm.sessionmaker[Session]] = {}
         self._aio = aio.AsyncEngines(self)
         # Engines whose driver serves async code only: sync probes go through run_blocking.
         self._async_only = frozenset(
@@ -133,8 +136,13 @@ class Registry:
         self, class_: type[Session], database: DatabaseConfig, pinned: str | None = None
     ) -> orm.sessionmaker[Session]:
         """A factory of ``class_`` sessions reading from ``pinned``, or as the router chooses."""
+        reads = self._source(database, pinned)
+        return orm.sessionmaker(class_=class_, multidb_reads=reads, **database.session)
+
+    def _source(self, database: DatabaseConfig, pinned: str | None = None) -> ReadSource:
+        """Where sessions read ``database`` from: ``pinned``, or as its router chooses."""
         routing = database.routing
-        reads = ReadSource(
+        return ReadSource(
             database=database.name,
             primary=database.primary.name,
             engine=self.engine,
@@ -144,7 +152,6 @@ class Registry:
             causal_wait_seconds=routing.causal_wait_seconds,
             causal_ttl_seconds=routing.causal_ttl_seconds,
         )
-        return orm.sessionmaker(class_=class_, multidb_reads=reads, **database.session)
 
     # -- names ----------------------------------------------------------------
 
@@ -227,37 +234,41 @@ class Registry:
             if database.routing.read_your_writes and database.replicas:
                 install_capture(engine, database.name)
 
-    def sessionmaker(self, name: str, role: Role | None = None) -> orm.sessionmaker[Session]:
+    def sessionmaker(self, name: str | None, role: Role | None = None) -> orm.sessionmaker[Session]:
         """A session factory.
 
         For an engine name without a role: that engine's configured session
         class, bound to the engine. For a database name (or an engine name
         with a role): a factory of sessions routed as ``role``, for
-        ``scoped_session`` and framework dependencies.
+        ``scoped_session`` and framework dependencies. For None: sessions of
+        every routed model (:meth:`route`).
         """
-        if role is None and name in self.config.databases:
+        if role is None and (name is None or name in self.config.databases):
             role = _causal.request_role.get()
         return self._factory(name, role)
 
-    def _factory(self, name: str, role: str | None) -> orm.sessionmaker[Session]:
+    def _factory(self, name: str | None, role: str | None) -> orm.sessionmaker[Session]:
         maker = self._factories.get((name, role))
         if maker is None:
             maker = self._factories[name, role] = self._resolve(name, role)
         return maker
 
-    def _resolve(self, name: str, role: str | None) -> orm.sessionmaker[Session]:
+    def _resolve(self, name: str | None, role: str | None) -> orm.sessionmaker[Session]:
         route = self._route(name, role)
         self._require("sync", name, route.engines, "session")
         if route.routed and self._watched and self._monitor is None:
             self._start_monitor()
-        if route.bound:
+        if route.bound and route.engine is not None:
             return self._bound(route.engine)
         return route.maker
 
-    def _route(self, name: str, role: str | None) -> _Route:
+    def _route(self, name: str | None, role: str | None) -> _Route:
         """Where sessions of ``name`` and ``role`` go; raises RoutingError, UnknownNameError."""
         if role is not None and role not in _ROLES:
             raise RoutingError(f"unknown role {role!r} for {name!r}: use 'write', 'read' or 'auto'")
+        if name is None:  # every routed model; engines are checked as statements reach them
+            role = role or "write"
+            return _Route(self._several(role), None, (), False, role != "write")
         engine_config = self._engine_configs.get(name)
         if engine_config is None:
             database = self.config.databases.get(name)
@@ -283,7 +294,7 @@ class Registry:
             return _Route(maker, name, (name,), False, False)
         return _Route(self._makers[name], name, (name,), True, False)
 
-    def _require(self, mode: Mode, name: str, engines: tuple[str, ...], method: str) -> None:
+    def _require(self, mode: Mode, name: str | None, engines: tuple[str, ...], method: str) -> None:
         """Raise RoutingError unless every engine's driver serves ``mode`` code."""
         for engine in engines:
             url = self._engine_configs[engine].url
@@ -309,20 +320,62 @@ class Registry:
 
     # -- sessions -------------------------------------------------------------
 
-    def session(self, name: str, *, role: Role | None = None) -> _SessionScope:
+    def session(self, name: str | None, *, role: Role | None = None) -> _SessionScope:
         """A session for a block: commits at its end, rolls back on error, always closes.
 
         ``name`` is a database (routed by ``role``, default
-        ``routing.default_role``) or an engine (pinned to it). An unknown name
-        or a role that does not fit raises here, before the block runs. A read
-        session has nothing to commit: its transaction is just closed.
+        ``routing.default_role``), an engine (pinned to it), or None: every
+        model :meth:`route` names, each statement on its own database by the
+        role's rules (default ``write``). An unknown name or a role that does
+        not fit raises here, before the block runs. A read session has
+        nothing to commit: its transaction is just closed.
         """
-        if role is None and name in self.config.databases:
+        if role is None and (name is None or name in self.config.databases):
             role = _causal.request_role.get()
         maker = self._factory(name, role)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s: %s session", name, role or "default-role")
         return _SessionScope(maker)
+
+    # -- several databases in one session --------------------------------------
+
+    def route(self, target: Any, database: str) -> None:
+        """Say that ``target`` lives in ``database``, for ``session(None, ...)``.
+
+        ``target`` is a mapped class (its subclasses follow), a declarative
+        base (every class of it), a ``Table`` or a ``MetaData``::
+
+            dbs.route(User, "main")
+            dbs.route(AnalyticsBase, "reports")
+        """
+        if database not in self.config.databases:
+            raise UnknownNameError(database, self.databases, kind="database")
+        self._routes.add(target, database)
+
+    def use_router(self, router: DatabaseRouter) -> None:
+        """Replace the table of routes with ``router.database_for(mapper, clause)``.
+
+        It returns a database name, or None when it does not know (then the
+        statement raises ``RoutingError``, unless it names a database with
+        ``bind_arguments={"database": NAME}``).
+        """
+        self._database_router = router
+        self._factories = {k: v for k, v in self._factories.items() if k[0] is not None}
+        self._aio.forget(None)
+
+    def _several(self, role: str) -> orm.sessionmaker[Session]:
+        """A factory of sessions serving every database, routed per statement."""
+        sources = {name: self._source(database) for name, database in self.config.databases.items()}
+        options: dict[str, Any] = {}
+        for database in self.config.databases.values():  # in file order, later ones win
+            options.update(database.session)
+        class_ = {"write": RoutedSession, "read": ReadSession, "auto": AutoSession}[role]
+        return orm.sessionmaker(
+            class_=class_,
+            multidb_databases=sources,
+            multidb_routes=self._database_router,
+            **options,
+        )
 
     # -- causal scopes --------------------------------------------------------
 
@@ -469,27 +522,27 @@ class Registry:
         return self._aio.engine(name)
 
     def async_sessionmaker(
-        self, name: str, role: Role | None = None
+        self, name: str | None, role: Role | None = None
     ) -> async_sessionmaker[AsyncSession]:
         """A factory of AsyncSessions routed exactly as :meth:`sessionmaker`'s sessions are."""
-        if role is None and name in self.config.databases:
+        if role is None and (name is None or name in self.config.databases):
             role = _causal.request_role.get()
-        maker = self._aio.factory(name, role)
-        if self._monitor is None and self._watched and name in self.config.databases:
+        maker, routed = self._aio.factory(name, role)
+        if routed and self._watched and self._monitor is None:
             self._start_monitor_off_loop()
         return maker
 
-    def async_session(self, name: str, *, role: Role | None = None) -> aio.AsyncSessionScope:
+    def async_session(self, name: str | None, *, role: Role | None = None) -> aio.AsyncSessionScope:
         """An AsyncSession for an ``async with`` block: commits, rolls back on error, closes.
 
-        Routed exactly as :meth:`session` is; an unknown name or a role that
-        does not fit raises here, before the block runs.
+        Routed exactly as :meth:`session` is (``name`` None included); an
+        unknown name or a role that does not fit raises here, before the block runs.
         """
-        if role is None and name in self.config.databases:
+        if role is None and (name is None or name in self.config.databases):
             role = _causal.request_role.get()
-        maker = self._aio.factory(name, role)
+        maker, routed = self._aio.factory(name, role)
         ready = None
-        if self._monitor is None and self._watched and name in self.config.databases:
+        if routed and self._watched and self._monitor is None:
             ready = self._start_monitor  # waited for in a worker thread, not on the loop
         return aio.AsyncSessionScope(maker, ready)
 
