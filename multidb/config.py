@@ -342,7 +342,7 @@ class _Builder:
         else:
             primary = self.engine((*path, "primary"), name, "primary", spec["primary"], shared)
             replicas = self.replicas((*path, "replicas"), name, spec.get("replicas"), shared)
-            self.same_mode((*path, "replicas"), primary, replicas, spec["replicas"])
+            self.same_mode((*path, "replicas"), primary, replicas, spec.get("replicas"))
         return DatabaseConfig(name, primary, replicas, session, routing)
 
     def same_mode(

@@ -24,7 +24,19 @@ from typing import Any
 
 import pytest
 from servers import MariaDBCluster, PostgresCluster, PostgresServer, wait_until
-from sqlalchemy import Column, Integer, MetaData, String, Table, event, insert, select, text, update
+from sqlalchemy import (
+    Column,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    event,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from multidb import (
@@ -748,3 +760,32 @@ def test_the_readme_fastapi_example_is_examples_fastapi_async_and_runs(
         assert client.post("/notes", params={"text": "hello"}).json() == {"id": 1}
         assert client.post("/notes", params={"text": "world"}).json() == {"id": 2}
         assert client.get("/notes").json() == ["hello", "world"]
+
+
+def test_async_session_of_several_databases_routes_each_statement_to_its_database(
+    tmp_path: Path,
+) -> None:
+    config = _sqlite_async_config(tmp_path)
+    config["databases"]["other"] = f"sqlite+aiosqlite:///{tmp_path / 'other.db'}"
+    notes = Table("notes", MetaData(), Column("id", Integer, primary_key=True))
+
+    async def main() -> tuple[int | None, int | None]:
+        async with Registry.from_dict(config) as dbs:
+            dbs.route(marks, "main")
+            dbs.route(notes, "other")
+            for name, table in (("main", marks), ("other", notes)):
+                async with dbs.async_engine(name).begin() as connection:
+                    await connection.run_sync(table.metadata.create_all)
+            async with dbs.async_session(None) as s:  # role write: each table's primary
+                await s.execute(insert(marks).values(marker="m"))
+                await s.execute(insert(notes).values(id=7))
+            async with dbs.async_session(None, role="read") as s:
+                with pytest.raises(ReadOnlyError):
+                    await s.execute(insert(notes).values(id=8))
+            async with dbs.async_session(None, role="read") as s:
+                return (
+                    await s.scalar(select(func.count()).select_from(marks)),
+                    await s.scalar(select(notes.c.id)),
+                )
+
+    assert asyncio.run(main()) == (1, 7)
