@@ -1,6 +1,7 @@
 """What a multidb session costs per operation, next to a plain SQLAlchemy session.
 
-    python benchmarks/overhead.py [--rounds R] [--n N] [--backend sqlite|postgresql|all] [--lag]
+    python benchmarks/overhead.py [--rounds R] [--n N] [--backend sqlite|postgresql|all]
+                                  [--lag | --causal]
 
 Workloads (each timed per operation):
 
@@ -20,7 +21,9 @@ Contenders run interleaved (a batch of N operations each, the order rotated
 every round) and the figure is the median of the rounds' per-operation times,
 so background noise lands on every contender alike. ``--lag`` instead compares
 multidb with ``routing.max_lag_seconds`` set (``check_interval_seconds: 1``)
-against the same config without it.
+against the same config without it, and ``--causal`` compares
+``routing.read_your_writes`` on (the default: a position read after each write
+transaction, a position check for reads that follow one) against off.
 """
 
 from __future__ import annotations
@@ -285,12 +288,12 @@ def postgresql_backend() -> Iterator[Backend]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def make_registry(backend: Backend, *, lag: bool) -> multidb.Registry:
+def make_registry(backend: Backend, *, lag: bool, causal: bool = True) -> multidb.Registry:
     """A registry of one database, ``main``: the backend's primary and replica ``a``."""
-    routing: dict[str, Any] = {}
+    routing: dict[str, Any] = {"read_your_writes": causal}
     if lag:
         # A limit no healthy replica reaches: the probes run, the routing stays the same.
-        routing = {"max_lag_seconds": 60, "check_interval_seconds": 1}
+        routing.update(max_lag_seconds=60, check_interval_seconds=1)
     registry = multidb.Registry.from_dict(
         {
             "databases": {
@@ -392,8 +395,22 @@ def overhead_table(backend: Backend, rounds: int, n: int) -> list[str]:
 
 def lag_table(backend: Backend, rounds: int, n: int) -> list[str]:
     """multidb with lag checking on against off; the table's lines."""
-    off = make_registry(backend, lag=False)
-    on = make_registry(backend, lag=True)
+    return on_off_table(backend, rounds, n, causal=False)
+
+
+def causal_table(backend: Backend, rounds: int, n: int) -> list[str]:
+    """multidb with read-your-writes on against off; the table's lines."""
+    return on_off_table(backend, rounds, n, causal=True)
+
+
+def on_off_table(backend: Backend, rounds: int, n: int, *, causal: bool) -> list[str]:
+    """multidb with lag checking (or read-your-writes) on against off; the table's lines."""
+    if causal:
+        off = make_registry(backend, lag=False, causal=False)
+        on = make_registry(backend, lag=False, causal=True)
+    else:
+        off = make_registry(backend, lag=False)
+        on = make_registry(backend, lag=True)
     contenders: list[Contender] = []
     roles: tuple[tuple[Role, tuple[str, ...]], ...] = (
         ("write", ALL),
@@ -411,13 +428,23 @@ def lag_table(backend: Backend, rounds: int, n: int) -> list[str]:
     finally:
         off.dispose()
         on.dispose()
-    probes = stats[f"{DATABASE}.a"].lag_probes
-    fallbacks = stats[f"{DATABASE}.primary"].fallbacks
-    lines = [
-        f"backend {backend.name}, lag checking: max_lag_seconds 60, check_interval_seconds 1 "
-        f"(on) vs unset (off); median of {rounds} rounds x {n} ops",
-        f"lag-on registry: {probes} lag probes of {DATABASE}.a, "
-        f"{fallbacks} reads fell back to the primary",
+    replica = stats[f"{DATABASE}.a"]
+    primary = stats[f"{DATABASE}.primary"]
+    if causal:
+        lines = [
+            f"backend {backend.name}, read-your-writes: on (default) vs read_your_writes: false;"
+            f" median of {rounds} rounds x {n} ops",
+            f"on registry: {replica.causal_waits} position checks on {DATABASE}.a, "
+            f"{primary.causal_fallbacks} reads sent to the primary as the replica was behind",
+        ]
+    else:
+        lines = [
+            f"backend {backend.name}, lag checking: max_lag_seconds 60, check_interval_seconds 1 "
+            f"(on) vs unset (off); median of {rounds} rounds x {n} ops",
+            f"lag-on registry: {replica.lag_probes} lag probes of {DATABASE}.a, "
+            f"{primary.fallbacks} reads fell back to the primary",
+        ]
+    lines += [
         f"{'workload':<9}{'role':<7}{'off us/op':>10}{'on us/op':>10}  {'on/off':>7}",
     ]
     for workload in ALL:
@@ -451,8 +478,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="sqlite",
         help="default sqlite",
     )
-    parser.add_argument(
+    compare = parser.add_mutually_exclusive_group()
+    compare.add_argument(
         "--lag", action="store_true", help="compare lag checking on against off instead"
+    )
+    compare.add_argument(
+        "--causal", action="store_true", help="compare read-your-writes on against off instead"
     )
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.n < 1:
@@ -466,7 +497,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         "command: python benchmarks/overhead.py " + " ".join(sys.argv[1:] if argv is None else argv)
     )
-    table = lag_table if args.lag else overhead_table
+    table = lag_table if args.lag else causal_table if args.causal else overhead_table
     for make_backend in backends:
         with make_backend() as backend:
             print()

@@ -15,10 +15,10 @@ time it is used. Every engine gets a connect timeout
 from __future__ import annotations
 
 import logging
-import math
 import os
 import threading
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -29,14 +29,18 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
+from . import causal as _causal
 from . import config as _config
+from .causal import CausalScope
 from .config import Config, DatabaseConfig, EngineConfig, Role
 from .cutoff import Connections
 from .errors import RoutingError, UnknownNameError
 from .monitor import Answer, HealthMonitor, Prober, report
+from .positions import install_capture
 from .readonly import install_primary, install_replica
 from .router import EngineStats, Router
 from .sessions import AutoSession, ReadSession, ReadSource
+from .timeouts import install_handshake_timeout, with_connect_timeout
 
 __all__ = ["EngineStatus", "Registry", "load"]
 
@@ -45,18 +49,6 @@ log = logging.getLogger("multidb.routing")
 _ROLES = ("write", "read", "auto")
 _S = TypeVar("_S", bound=Session)
 
-# Drivers' connect timeout arguments: name, and whether it takes whole seconds.
-# libpq (psycopg2, psycopg) reads whole seconds and treats 1 as 2.
-_CONNECT_TIMEOUTS: dict[str, tuple[str, bool]] = {
-    "psycopg2": ("connect_timeout", True),
-    "psycopg": ("connect_timeout", True),
-    "psycopg_async": ("connect_timeout", True),
-    "asyncpg": ("timeout", False),
-    "pymysql": ("connect_timeout", False),
-    "mysqldb": ("connect_timeout", True),
-    "aiomysql": ("connect_timeout", False),
-    "asyncmy": ("connect_timeout", False),
-}
 # create_engine options of the pool, left out of the probe engines (which pool nothing).
 _POOL_OPTIONS = frozenset(
     {
@@ -135,6 +127,7 @@ class Registry:
             (db, self._routers[name]) for name, db in config.databases.items() if db.replicas
         ]
         self._monitor: HealthMonitor | None = None
+        self._ttls = {n: db.routing.causal_ttl_seconds for n, db in config.databases.items()}
         self._health_prober = Prober(self.engine)
         # (name, role) -> factory, once resolved: the hot path is one dict lookup.
         self._factories: dict[tuple[str, str | None], orm.sessionmaker[Session]] = {}
@@ -182,12 +175,16 @@ class Registry:
         self, class_: type[Session], database: DatabaseConfig, pinned: str | None = None
     ) -> orm.sessionmaker[Session]:
         """A factory of ``class_`` sessions reading from ``pinned``, or as the router chooses."""
+        routing = database.routing
         reads = ReadSource(
             database=database.name,
             primary=database.primary.name,
             engine=self.engine,
             router=None if pinned else self._routers[database.name],
             pinned=pinned,
+            read_your_writes=routing.read_your_writes,
+            causal_wait_seconds=routing.causal_wait_seconds,
+            causal_ttl_seconds=routing.causal_ttl_seconds,
         )
         if pinned is None:  # the router counts the sessions it routes
             return orm.sessionmaker(class_=class_, multidb_reads=reads, **database.session)
@@ -267,13 +264,17 @@ class Registry:
         ):
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(
-            url, **_with_connect_timeout(engine_config, self._timeout(engine_config.name))
+            url, **with_connect_timeout(engine_config, self._timeout(engine_config.name))
         )
+        install_handshake_timeout(engine, self._timeout(engine_config.name))
         if engine_config.role == "replica":
             install_replica(engine, engine_config.name)
             self._connections[engine_config.name] = Connections(engine)
         else:
             install_primary(engine, engine_config.name)
+            database = self.config.databases[engine_config.database]
+            if database.routing.read_your_writes and database.replicas:
+                install_capture(engine, database.name)
         return engine
 
     def _timeout(self, name: str) -> float:
@@ -288,6 +289,8 @@ class Registry:
         with a role): a factory of sessions routed as ``role``, for
         ``scoped_session`` and framework dependencies.
         """
+        if role is None and name in self.config.databases:
+            role = _causal.request_role.get()
         return self._factory(name, role)
 
     def _factory(self, name: str, role: str | None) -> orm.sessionmaker[Session]:
@@ -342,10 +345,28 @@ class Registry:
         or a role that does not fit raises here, before the block runs. A read
         session has nothing to commit: its transaction is just closed.
         """
+        if role is None and name in self.config.databases:
+            role = _causal.request_role.get()
         maker = self._factory(name, role)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s: %s session", name, role or "default-role")
         return _SessionScope(maker)
+
+    # -- causal scopes --------------------------------------------------------
+
+    def causal(self, token: str | None = None) -> AbstractContextManager[CausalScope]:
+        """A causal scope for a block, seeded from ``token`` (SPEC section 4).
+
+        Reads in the block never miss a write made before them in it, nor one
+        the token names; the enclosing scope takes in the block's writes when
+        it ends. A malformed token is ignored (logged at WARNING).
+        """
+        return _causal.open_scope(token)
+
+    def causal_token(self) -> str | None:
+        """The current scope's unexpired positions as a short ASCII token, or None."""
+        scope = _causal.current()
+        return None if scope is None else scope.token(self._ttls)
 
     # -- health ---------------------------------------------------------------
 
@@ -444,10 +465,11 @@ class Registry:
             if engine is None:
                 options = {
                     k: v
-                    for k, v in _with_connect_timeout(engine_config, self._timeout(name)).items()
+                    for k, v in with_connect_timeout(engine_config, self._timeout(name)).items()
                     if k not in _POOL_OPTIONS
                 }
                 engine = create_engine(engine_config.url, poolclass=NullPool, **options)
+                install_handshake_timeout(engine, self._timeout(name))
                 self._probe_engines[name] = engine
         return engine
 
@@ -539,22 +561,3 @@ def _routed_class(routing: type[Session], base: type[Session]) -> type[Session]:
         return routing
     namespace = {"__module__": routing.__module__, "__doc__": routing.__doc__}
     return cast("type[Session]", type(routing.__name__, (routing, base), namespace))
-
-
-def _with_connect_timeout(engine_config: EngineConfig, seconds: float) -> dict[str, Any]:
-    """``engine_config.options`` with a connect timeout of ``seconds``, unless already set.
-
-    Given as each driver takes it (``connect_timeout``, asyncpg's
-    ``timeout``); SQLite and unknown drivers get none.
-    """
-    options = dict(engine_config.options)
-    known = _CONNECT_TIMEOUTS.get(engine_config.url.get_driver_name())
-    if known is None:
-        return options
-    key, whole = known
-    connect_args = dict(options.get("connect_args") or {})
-    if key in connect_args or key in engine_config.url.query:
-        return options
-    connect_args[key] = max(2, math.ceil(seconds)) if whole else seconds
-    options["connect_args"] = connect_args
-    return options

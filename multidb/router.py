@@ -92,6 +92,8 @@ class EngineStats:
     error_ejections: int  # times it was left out after a failed or unanswered connection
     lag_ejections: int  # times it was left out for lag, unknown lag or stopped replication
     lag_probes: int  # probes that measured its lag
+    causal_waits: int  # reads that asked this replica whether it had applied a position
+    causal_fallbacks: int  # reads that came to this primary because no replica had
     in_rotation: bool  # whether reads may go to it now (weight > 0, not left out)
 
 
@@ -101,6 +103,7 @@ class _Replica:
     __slots__ = (
         "answering",
         "applied",
+        "causal_waits",
         "down_until",
         "error_ejections",
         "fresh_as_of",
@@ -125,7 +128,8 @@ class _Replica:
         # Whether the lag bound held at the last look (to count ejections); a
         # lag-checked replica is not trusted before its first probe.
         self.lag_ok = not lag_checked
-        self.applied: tuple[str, float] | None = None  # applied position, clock time seen
+        self.applied: str | None = None  # the position it had applied when last asked
+        self.causal_waits = 0
         self.sessions = 0
         self.error_ejections = 0
         self.lag_ejections = 0
@@ -169,6 +173,7 @@ class Router:
             r.name: _Replica(r.name, r.weight, lag_checked) for r in database.replicas
         }
         self._fallbacks = 0
+        self._causal_fallbacks = 0
         self._sessions: dict[str, int] = dict.fromkeys((database.primary.name, *self._replicas), 0)
 
     @property
@@ -267,6 +272,25 @@ class Router:
             self._sessions[self.primary] += 1
         log.debug("%s: read -> %s (fallback: %s)", self.database, self.primary, reason)
 
+    def note_causal_wait(self, name: str, applied: str | None) -> None:
+        """Count a read that asked replica ``name`` for its applied position; remember it."""
+        with self._lock:
+            replica = self._replicas[name]
+            replica.causal_waits += 1
+            if applied is not None:
+                replica.applied = applied
+
+    def note_applied(self, name: str, applied: str | None) -> None:
+        """Remember the position replica ``name`` had applied when last asked (None: unknown)."""
+        with self._lock:
+            self._replicas[name].applied = applied
+
+    def note_causal_fallback(self, reason: str) -> None:
+        """Count a read that went to the primary because no replica had applied its position."""
+        with self._lock:
+            self._causal_fallbacks += 1
+        log.debug("%s: read -> %s (%s)", self.database, self.primary, reason)
+
     def note_session(self, name: str) -> None:
         """Count a session that the router did not choose (write, pinned) on engine ``name``."""
         with self._lock:
@@ -323,7 +347,7 @@ class Router:
             replica.lag_probes += 1
             replica.fresh_as_of = None if lag is None else at - max(lag, 0.0)
             if applied is not None:
-                replica.applied = (applied, at)
+                replica.applied = applied
             self._usable(replica, now, events)
         if not was_answering:
             log.warning("%s: replica %s answers again", self.database, name)
@@ -343,10 +367,11 @@ class Router:
         return None if fresh is None else max(now - fresh, 0.0)
 
     def applied(self, name: str) -> str | None:
-        """The last applied position a probe read on replica ``name``, None before any."""
-        with self._lock:
-            applied = self._replicas[name].applied
-        return None if applied is None else applied[0]
+        """The position replica ``name`` had applied when last asked, as the server wrote it.
+
+        Asked by a health probe (each round) or a causal check; None before either.
+        """
+        return self._replicas[name].applied
 
     def stats(self) -> list[EngineStats]:
         """A snapshot of the counters of this database's engines, primary first."""
@@ -355,7 +380,15 @@ class Router:
         with self._lock:
             rows = [
                 EngineStats(
-                    self.primary, self._sessions[self.primary], self._fallbacks, 0, 0, 0, True
+                    self.primary,
+                    self._sessions[self.primary],
+                    self._fallbacks,
+                    0,
+                    0,
+                    0,
+                    0,
+                    self._causal_fallbacks,
+                    True,
                 )
             ]
             rows += [
@@ -366,6 +399,8 @@ class Router:
                     r.error_ejections,
                     r.lag_ejections,
                     r.lag_probes,
+                    r.causal_waits,
+                    0,
                     self._usable(r, now, events),
                 )
                 for r in self._replicas.values()

@@ -5,31 +5,36 @@ primary: it needs nothing from multidb. The two classes here read from a
 replica that a :class:`ReadSource` picks once per session:
 
 - :class:`ReadSession` sends everything to that one engine and refuses to
-  write: a flush with changes, or a write statement, raises
-  :class:`~multidb.ReadOnlyError` before any SQL is sent.
+  write: a flush with changes, a write statement, or an explicit ``bind``
+  raises before any SQL is sent.
 - :class:`AutoSession` sends each statement where :meth:`AutoSession.get_bind`
   says, and stays on the primary once it has used it.
 
-Both survive a dead replica: if the connection fails while the session's
-first replica statement is being run (checkout, read-only setup or the
-statement itself), the replica is left out for ``cooldown_seconds`` and the
-statement is run again on the next one, then on the primary when
-``fallback_to_primary`` allows. Nothing else is ever retried.
+The replica is chosen, and its connection checked out, when the session
+first needs it (``execute``, ``scalars``, ``get``, ``connection()`` alike),
+before any statement runs: a connection that cannot be opened leaves that
+replica out for ``cooldown_seconds`` and the next one is tried, then the
+primary when ``fallback_to_primary`` allows. When the current causal scope
+holds a position for the database (:mod:`multidb.causal`), only a replica
+that has applied it is used. A pooled connection found dead by the session's
+first statement is replaced the same way and the statement run once more;
+nothing else is ever retried, so no work is repeated.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.engine import Connection, Engine, Result
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
+from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.orm import UOWTransaction as _UOWTransaction
 
-from .errors import NoReplicaAvailableError, ReadOnlyError
+from . import causal, positions
+from .causal import Position
+from .errors import NoReplicaAvailableError, ReadOnlyError, RoutingError
 from .readonly import begin_read_only
 from .router import Router
 from .statements import Kind, classify
@@ -37,6 +42,7 @@ from .statements import Kind, classify
 __all__ = ["AutoSession", "ReadSession", "ReadSource"]
 
 log = logging.getLogger("multidb.routing")
+causal_log = logging.getLogger("multidb.causal")
 
 
 class ReadSource:
@@ -47,38 +53,95 @@ class ReadSource:
         *,
         database: str,
         primary: str,
-        engine: Callable[[str], Engine],
+        engine: Any,
         router: Router | None = None,
         pinned: str | None = None,
+        read_your_writes: bool = False,
+        causal_wait_seconds: float = 0.0,
+        causal_ttl_seconds: float = 60.0,
     ) -> None:
         if (router is None) == (pinned is None):
             raise ValueError("a ReadSource needs exactly one of router and pinned")
         self.database = database
         self.primary = primary
-        self.engine = engine
+        self.engine = engine  # name -> the sync Engine to read from
         self.router = router
         self.pinned = pinned
+        # A pinned session reads exactly where it was told: no causal routing.
+        self.read_your_writes = read_your_writes and router is not None
+        self.causal_wait_seconds = causal_wait_seconds
+        self.causal_ttl_seconds = causal_ttl_seconds
+        self._kind: str | None = None  # the kind of position this database's primary writes
 
-    def pick(self, failed: frozenset[str]) -> str:
+    def required(self) -> Position | None:
+        """The position the current causal scope holds for this database, if any.
+
+        A position of a kind this database's primary cannot write (a WAL
+        position for a MariaDB database, say) came from elsewhere: it is ignored.
+        """
+        if not self.read_your_writes:
+            return None
+        scope = causal.current()
+        if scope is None:
+            return None
+        position = scope.position(self.database, self.causal_ttl_seconds)
+        if position is None or position.kind == "primary":
+            return position
+        kind = self._kind
+        if kind is None:
+            engine = self.engine(self.primary)
+            if engine.dialect.server_version_info is None:  # not connected yet: cannot tell
+                return position
+            backend = positions.backend(engine)
+            kind = self._kind = {"postgresql": "lsn", "mariadb": "gtid"}.get(backend or "", "")
+        return position if position.kind == kind else None
+
+    def pick(
+        self,
+        failed: frozenset[str],
+        behind: frozenset[str] = frozenset(),
+        required: Position | None = None,
+    ) -> str:
         """The engine a session reads from, first that applies:
 
         1. the pinned engine, when the session named one;
         2. a usable replica, as the router chooses (weight, cooldown, lag),
-           leaving out those that already ``failed`` in this session;
+           leaving out those that already ``failed`` in this session and
+           those found ``behind`` the scope's ``required`` position;
         3. the primary, when the database has no replicas;
-        4. the primary, when ``routing.fallback_to_primary`` is true;
+        4. the primary, when ``routing.fallback_to_primary`` is true (counted
+           in ``causal_fallbacks`` when replicas were only behind);
         5. otherwise :class:`~multidb.NoReplicaAvailableError`.
         """
         if self.pinned is not None:
             return self.pinned
         router = self.router
         assert router is not None
-        name = router.choose(failed)
+        name: str | None = None
+        if required is None:
+            name = router.choose(failed)
+        elif required.kind != "primary":
+            name = router.choose(failed | behind)
         if name is not None:
             return name
         if not router.replica_names:
             log.debug("%s: read -> %s (no replicas)", self.database, self.primary)
             return self.primary
+        if required is not None and (behind or required.kind == "primary"):
+            reason = (
+                f"causal: no replica caught up within {self.causal_wait_seconds}s"
+                if behind
+                else "causal: the position of the last write is unknown"
+            )
+            if router.fallback_to_primary and self.primary not in failed:
+                router.note_causal_fallback(f"{reason} -> {self.primary}")
+                causal_log.debug("%s: %s -> %s", self.database, reason, self.primary)
+                return self.primary
+            raise NoReplicaAvailableError(
+                f"{self.database}: no replica has applied this scope's last write "
+                f"({reason}) and routing.fallback_to_primary is false; raise "
+                "routing.causal_wait_seconds, or allow falling back to the primary"
+            )
         reason = router.why_none()
         if router.fallback_to_primary and self.primary not in failed:
             router.note_fallback(reason)
@@ -97,43 +160,126 @@ class ReadSource:
         assert self.router is not None
         self.router.eject(name, error)
 
+    def known_applied(self, name: str, required: Position) -> bool:
+        """Whether the router already knows replica ``name`` has applied ``required``."""
+        assert self.router is not None
+        return bool(_covering(required)(self.router.applied(name)))
+
+    def check_applied(self, connection: Connection, name: str, required: Position) -> bool:
+        """Ask replica ``name`` (waiting up to ``causal_wait_seconds``) whether it has applied."""
+        assert self.router is not None
+        ok, applied = positions.applied(connection, required, self.causal_wait_seconds)
+        self.router.note_causal_wait(name, applied)
+        if causal_log.isEnabledFor(logging.DEBUG):
+            verdict = "has applied" if ok else "has not applied"
+            causal_log.debug(
+                "causal: %s %s %s (at %s)", name, verdict, required.text(), applied or "?"
+            )
+        return ok
+
+
+def _covering(required: Position) -> Any:
+    """A test of a replica's applied position (as the server wrote it) against ``required``."""
+
+    def covers(applied: str | None) -> bool:
+        return applied is not None and causal.covers(causal.parse_position(applied), required)
+
+    return covers
+
 
 class _ReplicaReads(Session):
-    """The replica a session reads from, chosen once, with failover on first use."""
+    """The replica a session reads from: chosen, checked out and checked once per transaction."""
 
     def __init__(self, bind: Any = None, *, multidb_reads: ReadSource, **kwargs: Any) -> None:
         super().__init__(bind=bind, **kwargs)
         self.multidb_reads = multidb_reads
         self.reader: str | None = None  # the engine this session reads from, once chosen
-        self._failed: frozenset[str] = frozenset()
-        self._settled = False  # a statement has run on the reader: no more retries
         self.on_primary = False  # auto sessions: once true, every statement goes to the primary
+        self._reader_connection: Connection | None = None  # this transaction's, checked out
+        self._failed: frozenset[str] = frozenset()
+        self._ran = False  # a statement of this transaction has completed: no more retries
+        self._ping = False  # the next checkout hands a raw connection out: test it first
 
-    def _reader_engine(self) -> Engine:
-        name = self.reader
-        if name is None:
-            name = self.reader = self.multidb_reads.pick(self._failed)
-        return self.multidb_reads.engine(name)
+    def _reader_bind(self) -> Connection:
+        connection = self._reader_connection
+        if connection is None:
+            connection = self._reader_connection = self._settle()
+        return connection
 
-    def _first_read(self, state: ORMExecuteState) -> Result[Any]:
-        """Run the session's first replica statement, moving on when a connection fails."""
+    def _settle(self) -> Connection:
+        """Choose the engine to read from and check out a connection that works.
+
+        A replica whose connection cannot be opened is ejected and the next
+        one tried; one that has not applied the scope's position (after
+        ``causal_wait_seconds``) is skipped for this session. Nothing has run
+        on the connection it returns.
+        """
+        source = self.multidb_reads
+        required = source.required()
+        behind: frozenset[str] = frozenset()
+        while True:
+            name = self.reader
+            if name is None or name in self._failed or name in behind:
+                name = source.pick(self._failed, behind, required)
+            connection: Connection | None = None
+            try:
+                connection = source.engine(name).connect()
+                if self._ping:
+                    connection.dialect.do_ping(connection.connection.dbapi_connection)  # type: ignore[arg-type]
+                if (
+                    required is not None
+                    and name != source.primary
+                    and not source.known_applied(name, required)
+                    and not source.check_applied(connection, name, required)
+                ):
+                    connection.close()
+                    behind |= {name}
+                    continue
+            except Exception as exc:
+                if connection is not None:
+                    _drop(connection)
+                if not source.may_retry(name) or not _connection_lost(exc):
+                    raise
+                source.failed(name, exc)
+                self._failed |= {name}
+                continue
+            self.reader = name
+            return connection
+
+    def _execute_internal(self, *args: Any, **kwargs: Any) -> Any:
+        """Run a statement; the transaction's first one moves on if its pooled connection died."""
+        if self._ran or kwargs.get("_parent_execute_state") is not None:
+            return super()._execute_internal(*args, **kwargs)
         while True:
             try:
-                result = state.invoke_statement()
+                result = super()._execute_internal(*args, **kwargs)
             except DBAPIError as exc:
-                failed = self.reader
-                # A statement of None means the connection could not be opened.
-                lost = exc.connection_invalidated or exc.statement is None
-                if not lost or failed is None or not self.multidb_reads.may_retry(failed):
+                connection = self._reader_connection
+                name = self.reader
+                if (
+                    connection is None
+                    or not connection.invalidated
+                    or name is None
+                    or not self.multidb_reads.may_retry(name)
+                ):
                     raise
-                self.multidb_reads.failed(failed, exc)
-                self._failed |= {failed}
-                self.reader = None
+                self.multidb_reads.failed(name, exc)
+                self._failed |= {name}
                 # Nothing of this transaction has run: dropping it loses no work.
                 self.rollback()
                 continue
-            self._settled = True
+            self._ran = True
             return result
+
+    def connection(self, bind_arguments: Any = None, execution_options: Any = None) -> Connection:
+        """The transaction's connection; a replica's is tested before it is handed out."""
+        self._ping = self._reader_connection is None
+        try:
+            connection = super().connection(bind_arguments, execution_options)
+        finally:
+            self._ping = False
+        self._ran = True  # what runs on it is out of sight: never retry after this
+        return connection
 
     def commit(self) -> None:
         """Commit; a transaction that only read ends without error even if its server died."""
@@ -151,8 +297,14 @@ class _ReplicaReads(Session):
             self._discard(exc, "closing")
         self.reader = None
         self._failed = frozenset()
-        self._settled = False
         self.on_primary = False
+
+    def _end_transaction(self) -> None:
+        """Give the reader's connection back to its pool; the session keeps its reader."""
+        connection, self._reader_connection = self._reader_connection, None
+        self._ran = False
+        if connection is not None:
+            connection.close()
 
     def _discard(self, exc: DBAPIError, what: str) -> None:
         """A read-only transaction has nothing to keep: log the failure, drop the connection."""
@@ -166,13 +318,41 @@ class _ReplicaReads(Session):
         self.invalidate()
 
 
+def _connection_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` says the server could not be reached (not a mistake in the SQL)."""
+    if isinstance(exc, DBAPIError):
+        return exc.connection_invalidated or exc.statement is None or _is_operational(exc.orig)
+    return _is_operational(exc)
+
+
+def _is_operational(exc: BaseException | None) -> bool:
+    # PEP 249: OperationalError and InterfaceError are the connection-level errors.
+    return exc is not None and type(exc).__name__ in ("OperationalError", "InterfaceError")
+
+
+def _drop(connection: Connection) -> None:
+    try:
+        connection.invalidate()
+        connection.close()
+    except Exception:  # it is going away anyway
+        log.debug("closing a failed connection failed", exc_info=True)
+
+
+@event.listens_for(_ReplicaReads, "after_transaction_end", propagate=True)
+def _release_reader(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:
+        assert isinstance(session, _ReplicaReads)
+        session._end_transaction()
+
+
 class ReadSession(_ReplicaReads):
     """A read-only session on one engine, picked when the session first needs one.
 
     A flush with pending changes, or a write statement (INSERT, UPDATE,
     DELETE, DDL, a locking SELECT, textual SQL that begins with a write
-    keyword), raises :class:`~multidb.ReadOnlyError` before any SQL is sent.
-    Its connection is in the backend's read-only mode too, also on a primary.
+    keyword), raises :class:`~multidb.ReadOnlyError` before any SQL is sent;
+    so does an explicit ``bind``, which would bypass routing. Its connection
+    is in the backend's read-only mode too, also on a primary.
     """
 
     def get_bind(
@@ -182,11 +362,38 @@ class ReadSession(_ReplicaReads):
         clause: Any = None,
         bind: Any = None,
         **kwargs: Any,
-    ) -> Engine:
-        return self._reader_engine()
+    ) -> Engine | Connection:
+        return self._reader_bind()
+
+    def _execute_internal(self, statement: Any, *args: Any, **kwargs: Any) -> Any:
+        """Refuse a write, or an explicit bind, before anything is sent; then run it."""
+        _refuse_bind(self, kwargs.get("bind_arguments"))
+        if (
+            _role_option(statement, kwargs.get("execution_options")) == "write"
+            or classify(statement) is Kind.WRITE
+        ):
+            raise ReadOnlyError(
+                f"{self.multidb_reads.database}: a read session cannot run "
+                f"{_describe(statement)}; nothing was sent: run it in a session "
+                "with role='write' or 'auto'"
+            )
+        return super()._execute_internal(statement, *args, **kwargs)
+
+    def connection(self, bind_arguments: Any = None, execution_options: Any = None) -> Connection:
+        _refuse_bind(self, bind_arguments)
+        return super().connection(bind_arguments, execution_options)
 
 
-@event.listens_for(ReadSession, "before_flush")
+def _refuse_bind(session: ReadSession, bind_arguments: Any) -> None:
+    if bind_arguments and bind_arguments.get("bind") is not None:
+        raise ReadOnlyError(
+            f"{session.multidb_reads.database}: a read session chooses its own engine; "
+            "an explicit bind would bypass its read-only setup, nothing was sent: use "
+            "dbs.session(ENGINE_NAME, role='read') to read from one engine"
+        )
+
+
+@event.listens_for(ReadSession, "before_flush", propagate=True)
 def _refuse_flush(session: Session, flush_context: _UOWTransaction, instances: Any) -> None:
     if session.new or session.deleted or any(session.is_modified(o) for o in session.dirty):
         assert isinstance(session, ReadSession)
@@ -197,22 +404,7 @@ def _refuse_flush(session: Session, flush_context: _UOWTransaction, instances: A
         )
 
 
-@event.listens_for(ReadSession, "do_orm_execute")
-def _read_execute(state: ORMExecuteState) -> Result[Any] | None:
-    session = state.session
-    assert isinstance(session, ReadSession)
-    if _role_option(state) == "write" or classify(state.statement) is Kind.WRITE:
-        raise ReadOnlyError(
-            f"{session.multidb_reads.database}: a read session cannot run "
-            f"{_describe(state.statement)}; nothing was sent: run it in a session "
-            "with role='write' or 'auto'"
-        )
-    if not session._settled:
-        return session._first_read(state)
-    return None
-
-
-@event.listens_for(ReadSession, "after_begin")
+@event.listens_for(ReadSession, "after_begin", propagate=True)
 def _read_only_on_primary(
     session: Session, transaction: SessionTransaction, connection: Connection
 ) -> None:
@@ -233,7 +425,7 @@ class AutoSession(_ReplicaReads):
         bind: Any = None,
         multidb_kind: Kind | None = None,
         **kwargs: Any,
-    ) -> Engine:
+    ) -> Engine | Connection:
         """The engine for one statement, by the first rule that applies:
 
         1. once the session has sent anything to the primary: the primary,
@@ -251,7 +443,7 @@ class AutoSession(_ReplicaReads):
             if multidb_kind is None:
                 multidb_kind = Kind.WRITE if clause is None else classify(clause)
             if multidb_kind is Kind.READ:
-                return self._reader_engine()
+                return self._reader_bind()
             self.on_primary = True
             log.debug(
                 "%s: %s -> %s (auto: first statement that is not a read)",
@@ -259,32 +451,38 @@ class AutoSession(_ReplicaReads):
                 _describe(clause),
                 source.primary,
             )
-        return source.engine(source.primary)
+        return source.engine(source.primary)  # type: ignore[no-any-return]
+
+    def _execute_internal(self, statement: Any, *args: Any, **kwargs: Any) -> Any:
+        """Classify the statement (rule 2's option, else what it is) for :meth:`get_bind`."""
+        if not self.on_primary:
+            role = _role_option(statement, kwargs.get("execution_options"))
+            kind = (
+                Kind.READ
+                if role == "read"
+                else Kind.WRITE
+                if role == "write"
+                else classify(statement)
+            )
+            kwargs["bind_arguments"] = {
+                **(kwargs.get("bind_arguments") or {}),
+                "multidb_kind": kind,
+            }
+        return super()._execute_internal(statement, *args, **kwargs)
 
 
-@event.listens_for(AutoSession, "do_orm_execute")
-def _auto_execute(state: ORMExecuteState) -> Result[Any] | None:
-    session = state.session
-    assert isinstance(session, AutoSession)
-    if session.on_primary:
-        return None
-    role = _role_option(state)
-    if role == "read":
-        kind = Kind.READ
-    elif role == "write":
-        kind = Kind.WRITE
-    else:
-        kind = classify(state.statement)
-    state.bind_arguments["multidb_kind"] = kind
-    if kind is Kind.READ and not session._settled:
-        return session._first_read(state)
-    return None
-
-
-def _role_option(state: ORMExecuteState) -> Any:
-    """``multidb_role`` from the ``execute()`` call, else from the statement."""
-    role = state.local_execution_options.get("multidb_role")
-    return role if role is not None else state.statement.get_execution_options().get("multidb_role")
+def _role_option(statement: Any, execution_options: Any) -> Any:
+    """``multidb_role`` from the ``execute()`` call, else from the statement; checked."""
+    role = execution_options.get("multidb_role") if execution_options else None
+    if role is None:
+        options = getattr(statement, "get_execution_options", None)
+        role = options().get("multidb_role") if options is not None else None
+    if role is not None and role not in ("read", "write"):
+        raise RoutingError(
+            f"execution option multidb_role={role!r} is not a role a statement can take: "
+            "use 'read' or 'write'"
+        )
+    return role
 
 
 def _describe(statement: Any) -> str:

@@ -23,6 +23,8 @@ from servers import (
     start_postgres_cluster,
 )
 
+from multidb import causal
+
 # ---------------------------------------------------------------------------
 # Server clusters (session-scoped, started lazily by the first test that asks).
 # Mark tests that use them with @pytest.mark.postgresql / @pytest.mark.mariadb.
@@ -79,3 +81,12 @@ def mariadb_cluster() -> Iterator[MariaDBCluster]:
 # ---------------------------------------------------------------------------
 # Other shared fixtures go below this line.
 # ---------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _own_causal_scope() -> Iterator[None]:
+    """Each test starts with no causal scope, like a new request: writes of earlier
+    tests (whose databases share names like ``db``) do not constrain its reads."""
+    reset = causal._current.set(None)
+    yield
+    causal._current.reset(reset)

@@ -525,3 +525,25 @@ def test_every_engine_gets_the_connect_timeout_unless_its_options_set_one(
             s.execute(text("SELECT 1"))
     assert given == {"a": expected, "b": 7}
     assert elapsed < expected + 2  # it gave up on the silent server: no hang
+
+
+@pytest.mark.mariadb
+def test_pymysql_reads_after_the_handshake_keep_the_configured_read_timeout(
+    mariadb_cluster: MariaDBCluster,
+) -> None:
+    """Pins PyMySQL's ``Connection._read_timeout``, which the handshake timeout relies on."""
+    url = mariadb_cluster.primary.url()
+    config = {
+        "databases": {
+            "plain": url,
+            "bounded": {"url": url, "options": {"connect_args": {"read_timeout": 30}}},
+        }
+    }
+    with Registry.from_dict(config) as dbs:
+        for name, expected in (("plain", None), ("bounded", 30)):
+            with dbs.session(name) as s:
+                s.execute(text("SELECT 1"))
+                raw = s.connection().connection.dbapi_connection
+                assert raw is not None
+                assert raw._read_timeout == expected
+                assert raw._sock.gettimeout() == expected

@@ -239,6 +239,38 @@ def test_replica_stopped_under_load_costs_no_failed_read(backend: Backend) -> No
     assert dbs.stats()[engine_of(victim.name)].error_ejections >= 1
 
 
+@pytest.mark.parametrize("path", ["connection", "exec_driver_sql", "execute"])
+def test_a_stopped_replica_costs_no_failed_read_on_any_path_and_is_ejected(
+    backend: Backend, path: str
+) -> None:
+    """Reads through ``session.connection()`` (pandas.read_sql) fail over like execute()."""
+    victim = backend.cluster.replicas[0]
+    failures: list[BaseException] = []
+    served: Counter[str] = Counter()
+    with Registry.from_dict(backend.config(cooldown_seconds=30)) as dbs:
+        for _ in range(4):  # pooled connections to both replicas
+            with dbs.session("db", role="read") as s:
+                backend.where(s)
+        victim.stop(crash=True)
+        for _ in range(20):
+            try:
+                with dbs.session("db", role="read") as s:
+                    if path == "connection":
+                        value = s.connection().execute(text(backend.identity_sql)).scalar()
+                    elif path == "exec_driver_sql":
+                        value = s.connection().exec_driver_sql(backend.identity_sql).scalar()
+                    else:
+                        value = s.execute(text(backend.identity_sql)).scalar()
+                    served[backend.names[value]] += 1
+            except Exception as exc:
+                failures.append(exc)
+        ejections = dbs.stats()[engine_of(victim.name)].error_ejections
+    print(f"{backend.kind} via {path}: 20 reads, {len(failures)} failed, served {dict(served)}")
+    assert failures == []
+    assert served[victim.name] == 0
+    assert ejections >= 1
+
+
 def test_read_session_whose_replica_dies_after_its_reads_ends_without_error(
     backend: Backend,
 ) -> None:

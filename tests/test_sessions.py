@@ -551,3 +551,59 @@ def test_lag_checked_sqlite_replicas_serve_reads_from_the_first_session(tmp_path
             s.scalar(select(User.name))
         assert seen.engines()[0] in ("main.a", "main.b")
         assert registry.stats()["main.primary"].fallbacks == 0
+
+
+# -- SQLAlchemy internals the routing relies on (STYLE 10) ---------------------
+
+
+def test_sqlalchemy_sends_every_orm_execution_through_session_execute_internal(
+    dbs: Registry,
+) -> None:
+    """Read/auto sessions check and classify statements in ``Session._execute_internal``."""
+    from sqlalchemy.orm import Session
+
+    calls: list[Any] = []
+
+    class Spy(Session):
+        def _execute_internal(self, statement: Any, *args: Any, **kwargs: Any) -> Any:
+            calls.append(statement)
+            return super()._execute_internal(statement, *args, **kwargs)
+
+    with Spy(bind=dbs.engine("main")) as s:
+        s.execute(select(User))
+        s.scalars(select(User))
+        s.scalar(select(User.id))
+        s.query(User).all()
+        s.expire_all()
+        s.get(User, 1)
+    assert len(calls) == 5
+
+
+def test_a_read_session_gives_its_connection_back_at_each_transaction_end(dbs: Registry) -> None:
+    """The replica Connection handed to SQLAlchemy as a bind is not closed by it: we close it."""
+    with dbs.session("main", role="read") as s:
+        s.execute(select(1))
+        assert isinstance(s, multidb.ReadSession) and s.reader is not None
+        pool = dbs.engine(s.reader).pool
+        s.commit()
+        assert pool.checkedout() == 0  # type: ignore[attr-defined]
+        s.execute(select(1))
+        assert pool.checkedout() == 1  # type: ignore[attr-defined]
+    assert pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+def test_explicit_binds_are_refused_in_a_read_session_before_any_sql(
+    dbs: Registry, seen: Seen
+) -> None:
+    primary = dbs.engine("main.primary")
+    with dbs.session("main", role="read") as s:
+        with pytest.raises(ReadOnlyError, match="explicit bind"):
+            s.connection(bind_arguments={"bind": primary})
+        with pytest.raises(ReadOnlyError, match="explicit bind"):
+            s.execute(text("SELECT 1"), bind_arguments={"bind": primary})
+    assert seen.statements == []
+
+
+def test_an_unknown_multidb_role_option_raises(dbs: Registry) -> None:
+    with dbs.session("main", role="auto") as s, pytest.raises(RoutingError, match="multidb_role"):
+        s.execute(select(1).execution_options(multidb_role="reed"))

@@ -1,0 +1,183 @@
+"""Reading positions from the servers: a primary's after a write, a replica's applied one.
+
+- After a write transaction commits on a primary, :func:`install_capture`
+  reads the primary's position on the same connection, in one round trip,
+  and records it in the current :class:`~multidb.causal.CausalScope`:
+  PostgreSQL ``pg_current_wal_lsn()``, MariaDB ``@@last_gtid``. Transactions
+  that sent only reads (SELECT without a lock) record nothing and cost nothing.
+- :func:`applied` asks a replica what it has applied (PostgreSQL
+  ``pg_last_wal_replay_lsn()``, MariaDB ``@@gtid_slave_pos``), waiting up to
+  a bound for a position (polled with a server-side ``pg_sleep``;
+  ``MASTER_GTID_WAIT``), so that no wait blocks an event loop.
+
+Both run their SQL on the DBAPI connection outside any transaction
+(autocommit where the driver has it), so they leave no snapshot behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+
+from . import causal
+from .causal import Position
+from .statements import Kind, classify_text
+
+__all__ = ["applied", "backend", "install_capture"]
+
+log = logging.getLogger("multidb.causal")
+
+_WROTE = "multidb_wrote"  # in a pooled connection's info: this transaction sent a write
+
+
+def backend(engine: Engine | Connection) -> str | None:
+    """``"postgresql"`` or ``"mariadb"`` where positions can be read, else None.
+
+    MariaDB behind a ``mysql://`` URL is told apart only once the engine has connected.
+    """
+    dialect = engine.dialect
+    if dialect.name == "postgresql":
+        return "postgresql"
+    if dialect.name in ("mysql", "mariadb") and getattr(dialect, "is_mariadb", False):
+        return "mariadb"
+    return None
+
+
+def install_capture(engine: Engine, database: str) -> None:
+    """Record ``database``'s position in the current scope after each write commits on ``engine``.
+
+    A statement counts as a write unless it is a SELECT without a locking
+    clause (SPEC section 2's rule); a SELECT that calls a function that
+    writes is not seen. On SQLite, and MySQL without MariaDB GTIDs, only the
+    fact that the scope wrote is kept.
+    """
+    dialect = engine.dialect
+
+    def _note_write(cursor: Any, statement: str, parameters: Any, context: Any = None) -> None:
+        if context is None:  # do_execute_no_params passes (cursor, statement, context)
+            context = parameters
+        # A read session on this primary (its Connection flagged read-only) never writes.
+        if classify_text(statement) is not Kind.READ and not context.execution_options.get(
+            "multidb_read_only"
+        ):
+            info = _info(context.root_connection)
+            if info is not None:  # None: the dialect's own first-connect queries
+                info[_WROTE] = True
+
+    for name in ("do_execute", "do_executemany", "do_execute_no_params"):
+        event.listen(engine, name, _note_write)
+
+    commit = dialect.do_commit
+    rollback = dialect.do_rollback
+
+    def do_commit(dbapi_connection: Any) -> None:
+        commit(dbapi_connection)
+        info = _info(dbapi_connection)
+        if info is None or not info.pop(_WROTE, False):
+            return
+        position: Position | None = None
+        kind = backend(engine)  # known once connected: is_mariadb is read from the server
+        if kind is not None:
+            try:
+                raw = getattr(dbapi_connection, "dbapi_connection", dbapi_connection)
+                position = _primary_position(kind, raw)
+            except Exception as exc:  # committed, but where is unknown: read the primary
+                log.warning(
+                    "causal: %s: reading the primary's position after a commit failed,"
+                    " reads go to the primary for causal_ttl_seconds: %s",
+                    database,
+                    _one_line(exc),
+                )
+                position = Position("primary", None, time.time())
+        causal.ensure().record(database, position)
+        if position is not None and log.isEnabledFor(logging.DEBUG):
+            log.debug("causal: %s: wrote at %s", database, position.text())
+
+    def do_rollback(dbapi_connection: Any) -> None:
+        info = _info(dbapi_connection)
+        if info is not None:
+            info.pop(_WROTE, None)
+        rollback(dbapi_connection)
+
+    # Dialect instances are per engine; do_commit/do_rollback are public Dialect methods.
+    dialect.do_commit = do_commit  # type: ignore[method-assign]
+    dialect.do_rollback = do_rollback  # type: ignore[method-assign]
+
+
+def _info(dbapi_connection: Any) -> dict[str, Any] | None:
+    """The pool's info dict of the connection a dialect method was given, when it has one."""
+    try:
+        info = dbapi_connection.info  # a pooled connection's proxy
+    except (AttributeError, NotImplementedError):  # a raw or ad-hoc connection (first connect)
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def _primary_position(kind: str, dbapi_connection: Any) -> Position | None:
+    if kind == "postgresql":
+        text = _scalar(dbapi_connection, "SELECT pg_current_wal_lsn()::text")
+        lsn = causal.parse_lsn(str(text))
+        return None if lsn is None else Position("lsn", lsn, time.time())
+    text = _scalar(dbapi_connection, "SELECT @@last_gtid")
+    gtids = causal.parse_gtids(str(text or ""))
+    if not gtids:  # the transaction wrote nothing to the binary log
+        return None
+    return Position("gtid", gtids, time.time())
+
+
+def applied(connection: Connection, required: Position, wait: float) -> tuple[bool, str | None]:
+    """Whether the replica behind ``connection`` has applied ``required``, waiting up to ``wait``.
+
+    Returns the answer and the replica's applied position as the server wrote
+    it (None when it did not say). Raises the driver's error if the server fails.
+    """
+    dbapi_connection = connection.connection.dbapi_connection
+    kind = backend(connection)
+    deadline = time.monotonic() + wait
+    if kind == "postgresql":
+        sql = "SELECT pg_last_wal_replay_lsn()::text"
+        while True:
+            text = _scalar(dbapi_connection, sql)
+            lsn = causal.parse_lsn(str(text)) if text is not None else None
+            have = None if lsn is None else Position("lsn", lsn, 0.0)
+            if causal.covers(have, required) or time.monotonic() >= deadline:
+                return causal.covers(have, required), text
+            # The sleep happens on the server: no thread or event loop is blocked here.
+            sql = "SELECT pg_last_wal_replay_lsn()::text FROM pg_sleep(0.005)"
+    if kind == "mariadb":
+        if wait > 0:
+            # Formatted from integers we parsed: nothing from outside is interpolated.
+            _scalar(dbapi_connection, f"SELECT MASTER_GTID_WAIT('{required.text()}', {wait:.3f})")
+        text = _scalar(dbapi_connection, "SELECT @@gtid_slave_pos")
+        gtids = causal.parse_gtids(str(text or ""))
+        have = None if gtids is None else Position("gtid", gtids, 0.0)
+        return causal.covers(have, required), None if text is None else str(text)
+    return True, None  # no positions here: nothing to wait for
+
+
+def _scalar(dbapi_connection: Any, sql: str) -> Any:
+    """Run one query outside a transaction on a DBAPI connection; its first value."""
+    autocommit = getattr(dbapi_connection, "autocommit", None)
+    toggle = autocommit is False  # psycopg2, psycopg, and SQLAlchemy's asyncio adapters
+    if toggle:
+        dbapi_connection.autocommit = True
+    try:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(sql)
+            row = cursor.fetchone()
+        finally:
+            cursor.close()
+    finally:
+        if toggle:
+            dbapi_connection.autocommit = False
+    return None if row is None else row[0]
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
