@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
+from pathlib import Path
 
 import yaml
 
@@ -43,9 +44,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     show = commands.add_parser("show", help="print the resolved config, passwords masked")
     show.add_argument("config", nargs="?", help=config_help)
+    # -- alembic-init (issue 12) --
+    init = commands.add_parser(
+        "alembic-init", help="write an Alembic project that migrates each database's primary"
+    )
+    init.add_argument("directory", help="the new project's directory (absent or empty)")
+    init.add_argument("config", nargs="?", help=config_help)
     args = parser.parse_args(argv)
+    if args.command == "alembic-init":
+        return _alembic_init(args.directory, args.config or _default_config())
 
-    path = args.config or os.environ.get("MULTIDB_CONFIG") or DEFAULT_CONFIG
+    path = args.config or _default_config()
     try:
         config = load(path)
     except ConfigError as exc:
@@ -71,6 +80,28 @@ def _seconds(value: str) -> float:
     if not seconds > 0:
         raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, got {value!r}")
     return seconds
+
+
+def _default_config() -> str:
+    return os.environ.get("MULTIDB_CONFIG") or DEFAULT_CONFIG
+
+
+def _alembic_init(directory: str, config: str) -> int:
+    """``multidb alembic-init DIR [CONFIG]``: exit 0 with the files written, 2 on a mistake."""
+    try:
+        from .alembic import init_project
+    except ImportError as exc:
+        print(f"alembic is not installed ({exc}): pip install 'multidb[alembic]'", file=sys.stderr)
+        return 2
+    try:
+        written = init_project(directory, config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    for path in written:
+        print(f"wrote {path}{'/' if path.is_dir() else ''}")
+    print(f"next: alembic -c {Path(directory) / 'alembic.ini'} revision -m 'first'")
+    return 0
 
 
 def _table(statuses: Sequence[EngineStatus]) -> str:

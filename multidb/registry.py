@@ -39,7 +39,8 @@ from .monitor import Answer, HealthMonitor, Prober, report
 from .positions import install_capture
 from .readonly import install_primary, install_replica
 from .router import EngineStats, Router
-from .sessions import AutoSession, ReadSession, ReadSource
+from .routes import DatabaseRouter, RouteTable
+from .sessions import AutoSession, ReadSession, ReadSource, RoutedSession
 from .timeouts import install_handshake_timeout, with_connect_timeout
 
 __all__ = ["EngineStatus", "Registry", "load"]
@@ -127,10 +128,12 @@ class Registry:
             (db, self._routers[name]) for name, db in config.databases.items() if db.replicas
         ]
         self._monitor: HealthMonitor | None = None
+        self._routes = RouteTable()
+        self._database_router: DatabaseRouter = self._routes
         self._ttls = {n: db.routing.causal_ttl_seconds for n, db in config.databases.items()}
         self._health_prober = Prober(self.engine)
         # (name, role) -> factory, once resolved: the hot path is one dict lookup.
-        self._factories: dict[tuple[str, str | None], orm.sessionmaker[Session]] = {}
+        self._factories: dict[tuple[str | None, str | None], orm.sessionmaker[Session]] = {}
 
     # -- building -------------------------------------------------------------
 
@@ -175,8 +178,17 @@ class Registry:
         self, class_: type[Session], database: DatabaseConfig, pinned: str | None = None
     ) -> orm.sessionmaker[Session]:
         """A factory of ``class_`` sessions reading from ``pinned``, or as the router chooses."""
+        reads = self._source(database, pinned)
+        if pinned is None:  # the router counts the sessions it routes
+            return orm.sessionmaker(class_=class_, multidb_reads=reads, **database.session)
+        return _CountingMaker(
+            self._counter(pinned), class_=class_, multidb_reads=reads, **database.session
+        )
+
+    def _source(self, database: DatabaseConfig, pinned: str | None = None) -> ReadSource:
+        """Where sessions read ``database`` from: ``pinned``, or as its router chooses."""
         routing = database.routing
-        reads = ReadSource(
+        return ReadSource(
             database=database.name,
             primary=database.primary.name,
             engine=self.engine,
@@ -185,11 +197,6 @@ class Registry:
             read_your_writes=routing.read_your_writes,
             causal_wait_seconds=routing.causal_wait_seconds,
             causal_ttl_seconds=routing.causal_ttl_seconds,
-        )
-        if pinned is None:  # the router counts the sessions it routes
-            return orm.sessionmaker(class_=class_, multidb_reads=reads, **database.session)
-        return _CountingMaker(
-            self._counter(pinned), class_=class_, multidb_reads=reads, **database.session
         )
 
     def _counter(self, name: str) -> Callable[[], None]:
@@ -281,27 +288,30 @@ class Registry:
         database = self.config.databases[self._engine_configs[name].database]
         return database.routing.connect_timeout_seconds
 
-    def sessionmaker(self, name: str, role: Role | None = None) -> orm.sessionmaker[Session]:
+    def sessionmaker(self, name: str | None, role: Role | None = None) -> orm.sessionmaker[Session]:
         """A session factory.
 
         For an engine name without a role: that engine's configured session
         class, bound to the engine. For a database name (or an engine name
         with a role): a factory of sessions routed as ``role``, for
-        ``scoped_session`` and framework dependencies.
+        ``scoped_session`` and framework dependencies. For None: sessions of
+        every routed model (:meth:`route`).
         """
-        if role is None and name in self.config.databases:
+        if role is None and (name is None or name in self.config.databases):
             role = _causal.request_role.get()
         return self._factory(name, role)
 
-    def _factory(self, name: str, role: str | None) -> orm.sessionmaker[Session]:
+    def _factory(self, name: str | None, role: str | None) -> orm.sessionmaker[Session]:
         maker = self._factories.get((name, role))
         if maker is None:
             maker = self._factories[name, role] = self._resolve(name, role)
         return maker
 
-    def _resolve(self, name: str, role: str | None) -> orm.sessionmaker[Session]:
+    def _resolve(self, name: str | None, role: str | None) -> orm.sessionmaker[Session]:
         if role is not None and role not in _ROLES:
             raise RoutingError(f"unknown role {role!r} for {name!r}: use 'write', 'read' or 'auto'")
+        if name is None:
+            return self._several(role or "write")
         engine_config = self._engine_configs.get(name)
         if engine_config is None:
             database = self.config.databases.get(name)
@@ -337,20 +347,67 @@ class Registry:
 
     # -- sessions -------------------------------------------------------------
 
-    def session(self, name: str, *, role: Role | None = None) -> _SessionScope:
+    def session(self, name: str | None, *, role: Role | None = None) -> _SessionScope:
         """A session for a block: commits at its end, rolls back on error, always closes.
 
         ``name`` is a database (routed by ``role``, default
-        ``routing.default_role``) or an engine (pinned to it). An unknown name
-        or a role that does not fit raises here, before the block runs. A read
-        session has nothing to commit: its transaction is just closed.
+        ``routing.default_role``), an engine (pinned to it), or None: every
+        model :meth:`route` names, each statement on its own database by the
+        role's rules (default ``write``). An unknown name or a role that does
+        not fit raises here, before the block runs. A read session has
+        nothing to commit: its transaction is just closed.
         """
-        if role is None and name in self.config.databases:
+        if role is None and (name is None or name in self.config.databases):
             role = _causal.request_role.get()
         maker = self._factory(name, role)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s: %s session", name, role or "default-role")
         return _SessionScope(maker)
+
+    # -- several databases in one session --------------------------------------
+
+    def route(self, target: Any, database: str) -> None:
+        """Say that ``target`` lives in ``database``, for ``session(None, ...)``.
+
+        ``target`` is a mapped class (its subclasses follow), a declarative
+        base (every class of it), a ``Table`` or a ``MetaData``::
+
+            dbs.route(User, "main")
+            dbs.route(AnalyticsBase, "reports")
+        """
+        if database not in self.config.databases:
+            raise UnknownNameError(database, self.databases, kind="database")
+        self._routes.add(target, database)
+
+    def use_router(self, router: DatabaseRouter) -> None:
+        """Replace the table of routes with ``router.database_for(mapper, clause)``.
+
+        It returns a database name, or None when it does not know (then the
+        statement raises ``RoutingError``, unless it names a database with
+        ``bind_arguments={"database": NAME}``).
+        """
+        self._database_router = router
+        self._factories = {k: v for k, v in self._factories.items() if k[0] is not None}
+
+    def _several(self, role: str) -> orm.sessionmaker[Session]:
+        """A factory of sessions serving every database, routed per statement."""
+        if role != "write" and self._watched:
+            self._start_monitor()  # and wait for its first round, like every caller
+        sources = {name: self._source(database) for name, database in self.config.databases.items()}
+        options: dict[str, Any] = {}
+        for database in self.config.databases.values():  # in file order, later ones win
+            options.update(database.session)
+        class_ = {
+            "write": _routed_class(RoutedSession, self.session_class),
+            "read": self._read_class,
+            "auto": self._auto_class,
+        }[role]
+        return orm.sessionmaker(
+            class_=class_,
+            multidb_databases=sources,
+            multidb_routes=self._database_router,
+            **options,
+        )
 
     # -- causal scopes --------------------------------------------------------
 

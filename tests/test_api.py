@@ -25,7 +25,9 @@ SECRET = "pw-Zq8xK2-api"
 # The contract: SPEC section 2 and multidb/__init__.py as of this test.
 PUBLIC_NAMES = {
     "AutoSession",
+    "CausalScope",
     "ConfigError",
+    "DatabaseRouter",
     "EngineStats",
     "EngineStatus",
     "MultiDBError",
@@ -33,6 +35,7 @@ PUBLIC_NAMES = {
     "ReadOnlyError",
     "ReadSession",
     "Registry",
+    "RoutedSession",
     "RoutingError",
     "UnknownNameError",
     "load",
