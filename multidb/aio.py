@@ -11,11 +11,11 @@ given to :func:`~sqlalchemy.ext.asyncio.async_sessionmaker` as its
 Read-only setup, write guards and causal position capture are installed on
 ``AsyncEngine.sync_engine`` exactly as on a sync Engine.
 
-Nothing here blocks the event loop: the lag monitor is a thread; health
-checks await the drivers (an engine of a sync-only driver is probed in a
-worker thread); causal waits sleep on the server. Sync code that must reach
-an async-only driver (``multidb check``, :meth:`Registry.health`, the lag
-monitor) does so with :func:`run_blocking` through a pool-less engine of its own.
+Nothing here blocks the event loop: the health monitor is threads; health
+checks run off the loop; causal waits sleep on the server. Sync code that
+must reach an async-only driver (the monitor's probes, ``multidb check``,
+:meth:`Registry.health`) does so with :func:`run_blocking` through a
+pool-less probe engine.
 """
 
 from __future__ import annotations
@@ -25,10 +25,9 @@ import concurrent.futures
 import copy
 import logging
 import threading
-import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import (
@@ -37,15 +36,25 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.pool import NullPool
+from sqlalchemy.orm import Session
 from sqlalchemy.util import greenlet_spawn
 
-from .config import EngineConfig
-from .drivers import modes
-from .sessions import ReadSource
+from .sessions import AutoSession, ReadSession, ReadSource, RoutedSession
 
 if TYPE_CHECKING:
-    from .registry import EngineStatus, Registry
+    from .registry import Registry
+
+_ROUTED_CLASSES: dict[tuple[type[Session], type[Session]], type[Session]] = {}
+
+
+def _routed_class(routing: type[Session], base: type[Session]) -> type[Session]:
+    """``routing`` on top of ``base``, made once per pair."""
+    made = _ROUTED_CLASSES.get((routing, base))
+    if made is None:
+        namespace = {"__module__": routing.__module__, "__doc__": routing.__doc__}
+        made = _ROUTED_CLASSES[routing, base] = type(routing.__name__, (routing, base), namespace)
+    return made
+
 
 __all__ = ["AsyncEngines", "AsyncSessionScope", "run_blocking"]
 
@@ -53,30 +62,13 @@ log = logging.getLogger("multidb.routing")
 
 T = TypeVar("T")
 
-# create_engine options that configure a pool: not for the pool-less probe engines.
-_POOL_OPTIONS = frozenset(
-    (
-        "pool_size",
-        "max_overflow",
-        "pool_timeout",
-        "pool_recycle",
-        "pool_pre_ping",
-        "pool_use_lifo",
-        "pool_reset_on_return",
-        "poolclass",
-        "pool",
-        "echo_pool",
-        "pool_logging_name",
-    )
-)
-
 
 def run_blocking(fn: Callable[[], T]) -> T:
     """Run sync ``fn``, which may use async drivers' engines, to its end; block until then.
 
     ``fn`` runs in a greenlet over a private event loop (in a worker thread
     when an event loop already runs in this one), so the connections it opens
-    must not outlive it: use pool-less engines (:meth:`AsyncEngines.probe_engine`).
+    must not outlive it: use pool-less engines (the registry's probe engines).
     """
 
     async def main() -> T:
@@ -97,10 +89,17 @@ class AsyncEngines:
     read-only setup, write guards and position capture on their ``sync_engine``.
     """
 
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, class_: type[AsyncSession] | None = None) -> None:
+        if class_ is not None and not (
+            isinstance(class_, type) and issubclass(class_, AsyncSession)
+        ):
+            raise TypeError(
+                "async_session_class must be a subclass of"
+                f" sqlalchemy.ext.asyncio.AsyncSession, got {class_!r}"
+            )
         self._registry = registry
+        self._class = class_ or AsyncSession
         self._engines: dict[str, AsyncEngine] = {}
-        self._probes: dict[str, Engine] = {}
         # (name, role) -> (factory, whether the router picks its replicas)
         self._factories: dict[
             tuple[str | None, str | None], tuple[async_sessionmaker[AsyncSession], bool]
@@ -122,7 +121,7 @@ class AsyncEngines:
             if engine is None:
                 engine_config = registry._engine_configs[name]
                 registry._prepare(engine_config)
-                engine = create_async_engine(engine_config.url, **engine_config.options)
+                engine = create_async_engine(engine_config.url, **registry._options(engine_config))
                 registry._install(engine.sync_engine, engine_config)
                 self._engines[name] = engine
         return engine
@@ -131,20 +130,6 @@ class AsyncEngines:
         """``engine(name).sync_engine``: where an async session's ReadSource reads."""
         engine = self._engines.get(name) or self.engine(name)
         return engine.sync_engine
-
-    def probe_engine(self, engine_config: EngineConfig) -> Engine:
-        """A pool-less sync face of an async-only engine, for :func:`run_blocking` callers.
-
-        Without a pool no connection outlives the event loop that opened it.
-        """
-        name = engine_config.name
-        engine = self._probes.get(name)
-        if engine is None:
-            self._registry._prepare(engine_config)
-            options = {k: v for k, v in engine_config.options.items() if k not in _POOL_OPTIONS}
-            async_engine = create_async_engine(engine_config.url, poolclass=NullPool, **options)
-            engine = self._probes.setdefault(name, async_engine.sync_engine)
-        return engine
 
     # -- session factories ----------------------------------------------------
 
@@ -174,58 +159,38 @@ class AsyncEngines:
         databases = kw.get("multidb_databases")
         if databases:
             kw["multidb_databases"] = {n: self._through_async(r) for n, r in databases.items()}
-        maker = async_sessionmaker(
+        count = getattr(sync, "_count", None)  # write and pinned sessions are counted
+        maker_class = async_sessionmaker if count is None else _CountingMaker
+        maker: async_sessionmaker[AsyncSession] = maker_class(
             bind=None if route.engine is None else self.engine(route.engine),
-            class_=AsyncSession,
-            sync_session_class=sync.class_,
+            class_=self._class,
+            sync_session_class=self._sync_class(sync.class_),
             **kw,
         )
+        if count is not None:
+            maker._count = count  # type: ignore[attr-defined]
         return maker, route.routed
+
+    def _sync_class(self, resolved: type[Session]) -> type[Session]:
+        """The sync session class inside this registry's AsyncSessions for ``resolved``.
+
+        The same routing class, on top of the async class's own
+        ``sync_session_class`` (SQLModel's AsyncSession runs a ``sqlmodel.Session``).
+        """
+        base: type[Session] = getattr(self._class, "sync_session_class", None) or Session
+        if base is Session:
+            return resolved
+        for routing in (ReadSession, AutoSession, RoutedSession):
+            if issubclass(resolved, routing):
+                return _routed_class(routing, base)
+        return base
 
     def _through_async(self, source: ReadSource) -> ReadSource:
         twin = copy.copy(source)
         twin.engine = self.sync_engine
         return twin
 
-    # -- health and lifecycle -------------------------------------------------
-
-    async def health(self) -> list[EngineStatus]:
-        """Every engine's status, in file order; databases and replicas probed at once."""
-        databases = self._registry.config.databases.values()
-        found = await asyncio.gather(*(self._database_health(db.name) for db in databases))
-        return [status for statuses in found for status in statuses]
-
-    async def _database_health(self, database: str) -> list[EngineStatus]:
-        config = self._registry.config.databases[database]
-        timeout = config.routing.connect_timeout_seconds
-        primary, position = await self._status(config.primary, None, timeout)
-        replicas = await asyncio.gather(
-            *(self._status(r, position, timeout) for r in config.replicas)
-        )
-        return [primary, *(status for status, _ in replicas)]
-
-    async def _status(
-        self, engine_config: EngineConfig, position: str | None, timeout: float
-    ) -> tuple[EngineStatus, str | None]:
-        registry = self._registry
-        started = time.perf_counter()
-
-        async def ask() -> tuple[EngineStatus, str | None]:
-            if "async" not in modes(engine_config.url):  # a sync-only driver: off the loop
-                return await asyncio.to_thread(registry._status, engine_config.name, position)
-            try:
-                async with self.engine(engine_config.name).connect() as connection:
-                    return await connection.run_sync(
-                        registry._measure, engine_config, position, started
-                    )
-            except Exception as exc:
-                return registry._failed(engine_config, exc), None
-
-        try:
-            return await asyncio.wait_for(ask(), timeout)
-        except TimeoutError:
-            error = TimeoutError(f"no answer within {timeout:g}s")
-            return registry._failed(engine_config, error), None
+    # -- lifecycle ------------------------------------------------------------
 
     def forget(self, name: str | None) -> None:
         """Drop the factories of ``name`` (None: several databases), made again on next use."""
@@ -240,6 +205,16 @@ class AsyncEngines:
             self._engines.clear()
             self._factories.clear()
         return engines
+
+
+class _CountingMaker(async_sessionmaker[AsyncSession]):
+    """An ``async_sessionmaker`` that counts the sessions it makes (``EngineStats.sessions``)."""
+
+    _count: Callable[[], None]
+
+    def __call__(self, **local_kw: Any) -> AsyncSession:
+        self._count()
+        return super().__call__(**local_kw)
 
 
 class AsyncSessionScope:
