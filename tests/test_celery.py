@@ -79,6 +79,7 @@ def jobs(redis_url: str, pg_cluster: PostgresCluster) -> Iterator[Jobs]:
     }
     app = Celery("multidb_test", broker=f"{redis_url}/0", backend=f"{redis_url}/1")
     app.conf.broker_connection_retry_on_startup = True
+    app.conf.worker_hijack_root_logger = False  # leave the other tests' logging alone
     with Registry.from_dict(config) as dbs:
         Base.metadata.create_all(dbs.engine("db"))
         pg_cluster.wait_caught_up()

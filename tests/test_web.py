@@ -11,6 +11,8 @@ real apply delay, for read-your-writes across requests and the cookie.
 from __future__ import annotations
 
 import contextlib
+import subprocess
+import sys
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -297,3 +299,12 @@ def test_a_unique_violation_raised_by_commit_itself_is_a_500(
     assert response.set_cookies == []
     with pg_dbs.session("db", role="write") as s:
         assert s.scalar(text("SELECT count(*) FROM web_deferred")) == 0
+
+
+def test_the_middlewares_import_no_framework() -> None:
+    code = (
+        "import sys, multidb, multidb.wsgi, multidb.asgi\n"
+        "loaded = {'flask', 'werkzeug', 'fastapi', 'starlette', 'celery'} & set(sys.modules)\n"
+        "assert not loaded, loaded\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
