@@ -34,7 +34,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.orm import Session
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import NullPool, QueuePool
 
 from . import aio
 from . import causal as _causal
@@ -573,11 +573,13 @@ class Registry:
                 )
 
     def _probe_engine(self, name: str) -> Engine:
-        """The engine the monitor probes ``name`` with: a fresh connection each time.
+        """The engine the monitor probes ``name`` with: one connection of its own.
 
-        Its own connections, so that a busy or exhausted application pool
-        never delays a probe, and a hung probe never holds a pooled connection.
-        An async-only driver's is used under :func:`aio.run_blocking` (see :meth:`_probe_call`).
+        Its own, so that a busy or exhausted application pool never delays a
+        probe and a hung probe holds no application connection; checked
+        before each use (``pool_pre_ping``), so a restarted server costs no
+        failed probe. An async-only driver's has no pool (its connections
+        belong to the event loop of one probe, see :meth:`_probe_call`).
         """
         engine = self._probe_engines.get(name)
         if engine is not None:
@@ -595,7 +597,15 @@ class Registry:
                         engine_config.url, poolclass=NullPool, **options
                     ).sync_engine
                 else:
-                    engine = create_engine(engine_config.url, poolclass=NullPool, **options)
+                    engine = create_engine(
+                        engine_config.url,
+                        poolclass=QueuePool,
+                        pool_size=1,
+                        max_overflow=0,
+                        pool_pre_ping=True,
+                        pool_timeout=self._timeout(name),
+                        **options,
+                    )
                 install_handshake_timeout(engine, self._timeout(name))
                 self._probe_engines[name] = engine
         return engine
