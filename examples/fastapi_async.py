@@ -5,12 +5,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated
 
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
 from sqlalchemy import String, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 import multidb
+import multidb.fastapi
+from multidb.asgi import ReadYourWritesMiddleware
 
 dbs = multidb.load(os.environ.get("MULTIDB_CONFIG", "config/async.yaml"))
 
@@ -30,30 +32,22 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     async with dbs.async_engine("main").begin() as connection:  # the primary
         await connection.run_sync(Base.metadata.create_all)
     yield
-    await dbs.async_dispose()  # closes every pool, stops the lag monitor
+    await dbs.async_dispose()  # closes every pool, stops the health monitor
 
 
 app = FastAPI(lifespan=lifespan)
-
-
-async def reader() -> AsyncIterator[AsyncSession]:
-    async with dbs.async_session("main", role="read") as session:  # a replica, read-only
-        yield session
-
-
-async def writer() -> AsyncIterator[AsyncSession]:
-    async with dbs.async_session("main", role="write") as session:  # the primary
-        yield session
+app.add_middleware(ReadYourWritesMiddleware, dbs=dbs)  # GET reads, other methods write
+DB = Annotated[AsyncSession, multidb.fastapi.async_session(dbs, "main")]
 
 
 @app.post("/notes")
-async def add_note(text: str, s: Annotated[AsyncSession, Depends(writer)]) -> dict[str, int]:
+async def add_note(text: str, s: DB) -> dict[str, int]:  # the primary
     note = Note(text=text)
     s.add(note)
-    await s.commit()  # before the response: a failed commit is an error, never a 200
+    await s.flush()  # the new id; committed before the response is sent
     return {"id": note.id}
 
 
 @app.get("/notes")
-async def list_notes(s: Annotated[AsyncSession, Depends(reader)]) -> list[str]:
+async def list_notes(s: DB) -> list[str]:  # a replica that has this client's writes
     return list(await s.scalars(select(Note.text).order_by(Note.id)))
