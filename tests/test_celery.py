@@ -115,7 +115,9 @@ def test_30_jobs_enqueued_right_after_writes_read_them_with_both_standbys_delaye
 ) -> None:
     with contextlib.ExitStack() as delayed:
         for standby in pg_cluster.standbys:
-            delayed.enter_context(standby.apply_delay(0.3))
+            # 2 s, not 0.3: under load the solo worker may pick a job up after 0.3 s,
+            # and the control below needs the replicas still behind when it reads.
+            delayed.enter_context(standby.apply_delay(2))
         # Each write and each enqueueing in a fresh scope, as in a web request or a job.
         control = []
         for _ in range(10):  # enqueued outside the writing scope: no token, the delay is real
