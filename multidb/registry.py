@@ -22,7 +22,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import create_engine, orm, text
 from sqlalchemy.engine import Engine
@@ -40,6 +40,9 @@ from .readonly import install_primary, install_replica
 from .router import EngineStats, Router
 from .routes import DatabaseRouter, RouteTable
 from .sessions import AutoSession, ReadSession, ReadSource, RoutedSession
+
+if TYPE_CHECKING:
+    from .testing import Testing
 
 __all__ = ["EngineStatus", "Registry", "load"]
 
@@ -317,6 +320,15 @@ class Registry:
             multidb_routes=self._database_router,
             **options,
         )
+
+    # -- testing (SPEC 8) -----------------------------------------------------
+
+    @property
+    def testing(self) -> Testing:
+        """Test helpers: ``record()``, ``lag(name, seconds)``, ``mirror()`` (multidb.testing)."""
+        from .testing import Testing
+
+        return Testing(self)
 
     # -- causal scopes --------------------------------------------------------
 

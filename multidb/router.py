@@ -162,6 +162,8 @@ class Router:
         }
         self._fallbacks = 0
         self._causal_fallbacks = 0
+        # dbs.testing.lag(): replica -> (forced lag, (lag, lag_ok) before it was forced)
+        self._forced: dict[str, tuple[float | None, tuple[float | None, bool]]] = {}
 
     @property
     def replica_names(self) -> tuple[str, ...]:
@@ -250,10 +252,28 @@ class Router:
             _one_line(error),
         )
 
+    def force_lag(self, name: str, lag: float | None) -> None:
+        """Take ``lag`` as replica ``name``'s every measurement until :meth:`release_lag`."""
+        with self._lock:
+            replica = self._replicas[name]
+            before = self._forced.get(name, (None, (replica.lag, replica.lag_ok)))[1]
+            self._forced[name] = (lag, before)
+        self.report_lag(name, lag)
+
+    def release_lag(self, name: str) -> None:
+        """Let real measurements of ``name`` count again, from the state before it was forced."""
+        with self._lock:
+            forced = self._forced.pop(name, None)
+            if forced is not None:
+                replica = self._replicas[name]
+                replica.lag, replica.lag_ok = forced[1]
+
     def report_lag(self, name: str, lag: float | None) -> None:
         """Record a lag measurement; None means unknown or replication stopped."""
         limit = self.max_lag_seconds
         with self._lock:
+            if name in self._forced:
+                lag = self._forced[name][0]
             replica = self._replicas[name]
             replica.lag = lag
             replica.lag_probes += 1
