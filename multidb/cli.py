@@ -35,6 +35,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     check = commands.add_parser("check", help="connect to every engine and report its status")
     check.add_argument("config", nargs="?", help=config_help)
     check.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    check.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=5.0,
+        metavar="SECONDS",
+        help="how long each engine may take to answer (default: 5); all are asked at once",
+    )
     show = commands.add_parser("show", help="print the resolved config, passwords masked")
     show.add_argument("config", nargs="?", help=config_help)
     # -- alembic-init (issue 12) --
@@ -57,12 +64,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
         return 0
     with Registry(config) as registry:
-        statuses = registry.health()
+        statuses = registry.health(timeout=args.timeout)
     if args.json:
         print(json.dumps([asdict(s) for s in statuses], indent=2))
     else:
         print(_table(statuses))
     return 0 if all(s.ok for s in statuses) else 1
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {value!r}") from None
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, got {value!r}")
+    return seconds
 
 
 def _default_config() -> str:

@@ -97,7 +97,7 @@ def test_lag_leaves_a_replica_out_while_it_lags_and_restores_it_after(dbs: Regis
         bodies(dbs)
     assert [(r.engine, r.reason) for r in statements if r.statement.startswith("SELECT")] == [
         ("main.a", "SmoothWeightedRoundRobin among main.a"),
-        ("main.primary", "fallback: main.a lag 30.0s (max 5.0s)"),
+        ("main.primary", "fallback: main.a lag up to 30.0s (max 5.0s)"),
         ("main.primary", "fallback: main.a lag unknown (max 5.0s)"),
         ("main.a", "SmoothWeightedRoundRobin among main.a"),
     ]
