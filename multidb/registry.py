@@ -22,12 +22,12 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 from sqlalchemy import create_engine, orm
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import QueuePool
 
 from . import causal as _causal
 from . import config as _config
@@ -42,6 +42,9 @@ from .router import EngineStats, Router
 from .routes import DatabaseRouter, RouteTable
 from .sessions import AutoSession, ReadSession, ReadSource, RoutedSession
 from .timeouts import install_handshake_timeout, with_connect_timeout
+
+if TYPE_CHECKING:
+    from .testing import Testing
 
 __all__ = ["EngineStatus", "Registry", "load"]
 
@@ -409,6 +412,15 @@ class Registry:
             **options,
         )
 
+    # -- testing (SPEC 8) -----------------------------------------------------
+
+    @property
+    def testing(self) -> Testing:
+        """Test helpers: ``record()``, ``lag(name, seconds)``, ``mirror()`` (multidb.testing)."""
+        from .testing import Testing
+
+        return Testing(self)
+
     # -- causal scopes --------------------------------------------------------
 
     def causal(self, token: str | None = None) -> AbstractContextManager[CausalScope]:
@@ -508,10 +520,12 @@ class Registry:
                 )
 
     def _probe_engine(self, name: str) -> Engine:
-        """The engine the monitor probes ``name`` with: a fresh connection each time.
+        """The engine the monitor probes ``name`` with: one connection of its own.
 
-        Its own connections, so that a busy or exhausted application pool
-        never delays a probe, and a hung probe never holds a pooled connection.
+        Its own, so that a busy or exhausted application pool never delays a
+        probe and a hung probe holds no application connection; checked
+        before each use (``pool_pre_ping``), so a restarted server costs no
+        failed probe.
         """
         engine = self._probe_engines.get(name)
         if engine is not None:
@@ -525,7 +539,15 @@ class Registry:
                     for k, v in with_connect_timeout(engine_config, self._timeout(name)).items()
                     if k not in _POOL_OPTIONS
                 }
-                engine = create_engine(engine_config.url, poolclass=NullPool, **options)
+                engine = create_engine(
+                    engine_config.url,
+                    poolclass=QueuePool,
+                    pool_size=1,
+                    max_overflow=0,
+                    pool_pre_ping=True,
+                    pool_timeout=self._timeout(name),
+                    **options,
+                )
                 install_handshake_timeout(engine, self._timeout(name))
                 self._probe_engines[name] = engine
         return engine
