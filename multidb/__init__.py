@@ -6,6 +6,7 @@
 ...     s.execute(select(1))
 """
 
+from .causal import CausalScope
 from .errors import (
     ConfigError,
     MultiDBError,
@@ -16,11 +17,14 @@ from .errors import (
 )
 from .registry import EngineStatus, Registry, load
 from .router import EngineStats
-from .sessions import AutoSession, ReadSession
+from .routes import DatabaseRouter
+from .sessions import AutoSession, ReadSession, RoutedSession
 
 __all__ = [
     "AutoSession",
+    "CausalScope",
     "ConfigError",
+    "DatabaseRouter",
     "EngineStats",
     "EngineStatus",
     "MultiDBError",
@@ -28,6 +32,7 @@ __all__ = [
     "ReadOnlyError",
     "ReadSession",
     "Registry",
+    "RoutedSession",
     "RoutingError",
     "UnknownNameError",
     "load",

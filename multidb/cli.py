@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
+from pathlib import Path
 
 import yaml
 
@@ -34,11 +35,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     check = commands.add_parser("check", help="connect to every engine and report its status")
     check.add_argument("config", nargs="?", help=config_help)
     check.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    check.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=5.0,
+        metavar="SECONDS",
+        help="how long each engine may take to answer (default: 5); all are asked at once",
+    )
     show = commands.add_parser("show", help="print the resolved config, passwords masked")
     show.add_argument("config", nargs="?", help=config_help)
+    # -- alembic-init (issue 12) --
+    init = commands.add_parser(
+        "alembic-init", help="write an Alembic project that migrates each database's primary"
+    )
+    init.add_argument("directory", help="the new project's directory (absent or empty)")
+    init.add_argument("config", nargs="?", help=config_help)
     args = parser.parse_args(argv)
+    if args.command == "alembic-init":
+        return _alembic_init(args.directory, args.config or _default_config())
 
-    path = args.config or os.environ.get("MULTIDB_CONFIG") or DEFAULT_CONFIG
+    path = args.config or _default_config()
     try:
         config = load(path)
     except ConfigError as exc:
@@ -48,12 +64,44 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
         return 0
     with Registry(config) as registry:
-        statuses = registry.health()
+        statuses = registry.health(timeout=args.timeout)
     if args.json:
         print(json.dumps([asdict(s) for s in statuses], indent=2))
     else:
         print(_table(statuses))
     return 0 if all(s.ok for s in statuses) else 1
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {value!r}") from None
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, got {value!r}")
+    return seconds
+
+
+def _default_config() -> str:
+    return os.environ.get("MULTIDB_CONFIG") or DEFAULT_CONFIG
+
+
+def _alembic_init(directory: str, config: str) -> int:
+    """``multidb alembic-init DIR [CONFIG]``: exit 0 with the files written, 2 on a mistake."""
+    try:
+        from .alembic import init_project
+    except ImportError as exc:
+        print(f"alembic is not installed ({exc}): pip install 'multidb[alembic]'", file=sys.stderr)
+        return 2
+    try:
+        written = init_project(directory, config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    for path in written:
+        print(f"wrote {path}{'/' if path.is_dir() else ''}")
+    print(f"next: alembic -c {Path(directory) / 'alembic.ini'} revision -m 'first'")
+    return 0
 
 
 def _table(statuses: Sequence[EngineStatus]) -> str:

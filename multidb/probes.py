@@ -1,17 +1,25 @@
-"""Asking a server what it is: its role (primary or replica) and its replication lag.
+"""Asking a server what it is: its role (primary or replica) and how far it has applied.
 
 Each backend is asked the way its documentation says:
 
-- PostgreSQL: ``pg_is_in_recovery()``; on a standby, lag is 0 when it has
-  replayed everything the primary had written when the probe began
-  (``pg_current_wal_lsn()`` there; without the primary, everything received),
-  else the age of the last replayed transaction; replay paused
-  (``pg_is_wal_replay_paused()``) or no WAL ever received means unknown (None).
-- MySQL/MariaDB: ``@@read_only``; ``SHOW REPLICA STATUS`` (``SHOW SLAVE
-  STATUS`` on older servers): ``Seconds_Behind_Master``/``_Source``, None when
-  either replication thread is stopped.
-- SQLite: a "replica" is the primary's file opened read-only: lag 0.
+- PostgreSQL: ``pg_is_in_recovery()``; a primary's position is
+  ``pg_current_wal_flush_lsn()`` (every committed transaction is before it,
+  and a standby can receive up to it), a standby's applied position
+  ``pg_last_wal_replay_lsn()``; ``now() - pg_last_xact_replay_timestamp()``
+  bounds a standby's lag from above (it is the age of the last replayed
+  commit: everything committed before it is applied); replay paused
+  (``pg_is_wal_replay_paused()``) means stopped.
+- MySQL/MariaDB: ``@@read_only``; a primary's position is
+  ``@@gtid_binlog_pos``, a replica's applied position ``@@gtid_slave_pos``;
+  ``Seconds_Behind_Master`` of ``SHOW REPLICA STATUS`` (``SHOW SLAVE STATUS``
+  on older servers) estimates lag (not a bound: it is 0 whenever the SQL
+  thread has applied what the IO thread fetched, however far behind that is);
+  a stopped SQL thread means stopped.
+- SQLite: a "replica" is the primary's file opened read-only: never behind.
 - Others: no roles, lag unknown.
+
+Lag itself is worked out by :mod:`multidb.monitor` from these facts and the
+primary's positions over time.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
-__all__ = ["ServerState", "probe"]
+__all__ = ["ServerState", "applied_position", "covers", "probe"]
 
 EngineRole = Literal["primary", "replica"]
 
@@ -32,65 +40,93 @@ EngineRole = Literal["primary", "replica"]
 class ServerState:
     """What one probe learned."""
 
-    lag_seconds: float | None  # replicas only; None when unknown or stopped
     role_error: str | None  # set when the server answers in the wrong role
-    position: str | None = None  # a PostgreSQL primary's WAL position, for its replicas' lag
+    position: str | None = None  # a primary's position, for its replicas' lag
+    applied: str | None = None  # a replica's applied position, as the server writes it
+    behind: float | None = None  # a replica's lag as the server sees it, seconds
+    behind_is_bound: bool = False  # whether ``behind`` is an upper bound (else an estimate)
+    stopped: bool = False  # a replica whose replay is paused or whose apply thread stopped
+    never_behind: bool = False  # a replica that cannot lag (SQLite's read-only open)
 
 
-def probe(connection: Connection, role: EngineRole, primary: str | None = None) -> ServerState:
-    """Check ``connection``'s server against ``role`` and, for a replica, measure its lag.
-
-    ``primary`` is the ``position`` a probe of the replica's primary just
-    returned, or None when the primary was not asked or did not answer.
-    """
+def probe(connection: Connection, role: EngineRole) -> ServerState:
+    """Check ``connection``'s server against ``role``; read its position or applied position."""
     dialect = connection.dialect.name
     if dialect == "postgresql":
-        return _postgresql(connection, role, primary)
+        return _postgresql(connection, role)
     if dialect in ("mysql", "mariadb"):
         return _mysql(connection, role)
     if dialect == "sqlite" and role == "replica":
-        return ServerState(0.0, None)  # a read-only open of the primary's own file
-    return ServerState(None, None)
+        return ServerState(None, never_behind=True)
+    return ServerState(None)
 
 
-_PG_PRIMARY = text(
+def applied_position(connection: Connection) -> str | None:
+    """A replica's applied position now (cheap: for re-reading it within a probe)."""
+    query = _PG_APPLIED if connection.dialect.name == "postgresql" else _MARIADB_APPLIED
+    value = connection.scalar(query)
+    return None if value is None else str(value)
+
+
+def covers(dialect: str, applied: str, position: str) -> bool | None:
+    """Whether a replica at ``applied`` has everything a primary had at ``position``.
+
+    None when the two cannot be compared (unknown dialect, unparsable text).
+    """
+    try:
+        if dialect == "postgresql":
+            return _lsn(applied) >= _lsn(position)
+        if dialect in ("mysql", "mariadb"):
+            have = _gtids(applied)
+            return all(have.get(domain, -1) >= seq for domain, seq in _gtids(position).items())
+    except ValueError:
+        return None
+    return None
+
+
+def _lsn(value: str) -> int:
+    high, low = value.split("/")
+    return (int(high, 16) << 32) | int(low, 16)
+
+
+def _gtids(value: str) -> dict[str, int]:
+    """MariaDB's ``domain-server-seq,...`` as domain -> sequence number."""
+    result: dict[str, int] = {}
+    for gtid in filter(None, (part.strip() for part in value.split(","))):
+        domain, _server, seq = gtid.split("-")
+        result[domain] = max(result.get(domain, -1), int(seq))
+    return result
+
+
+_PG_ROLE = text(
     "SELECT pg_is_in_recovery(),"
-    " CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END"
+    " CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_flush_lsn()::text END"
 )
-# The standby's own "received == replayed" is a poor test of being caught up:
-# after a restart the receive pointer can stay ahead of the last record for
-# good. The primary's position, read just before, is the reference when known.
 _PG_REPLICA = text(
-    "SELECT pg_is_wal_replay_paused(), pg_last_wal_receive_lsn() IS NULL,"
-    " CASE WHEN CAST(:primary AS pg_lsn) IS NOT NULL"
-    "   THEN pg_last_wal_replay_lsn() >= CAST(:primary AS pg_lsn)"
-    "   ELSE pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() END,"
-    " EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp())"
+    "SELECT pg_is_wal_replay_paused(), pg_last_wal_replay_lsn()::text,"
+    " EXTRACT(EPOCH FROM clock_timestamp() - pg_last_xact_replay_timestamp())"
 )
+_PG_APPLIED = text("SELECT pg_last_wal_replay_lsn()::text")
+_MARIADB_APPLIED = text("SELECT @@global.gtid_slave_pos")
 
 
-def _postgresql(connection: Connection, role: EngineRole, primary: str | None) -> ServerState:
-    in_recovery, position = connection.execute(_PG_PRIMARY).one()
+def _postgresql(connection: Connection, role: EngineRole) -> ServerState:
+    in_recovery, position = connection.execute(_PG_ROLE).one()
     if role == "primary":
         error = "configured as primary but the server is in recovery" if in_recovery else None
-        return ServerState(None, error, position)
+        return ServerState(error, position=position)
     if not in_recovery:
-        return ServerState(None, "configured as replica but the server is not in recovery")
-    paused, never_received, caught_up, age = connection.execute(
-        _PG_REPLICA, {"primary": primary}
-    ).one()
-    if paused or (never_received and not caught_up):
-        return ServerState(None, None)
-    if caught_up:
-        return ServerState(0.0, None)
-    return ServerState(max(float(age or 0.0), 0.0), None)
+        return ServerState("configured as replica but the server is not in recovery")
+    paused, applied, age = connection.execute(_PG_REPLICA).one()
+    behind = None if age is None else max(float(age), 0.0)
+    return ServerState(None, applied=applied, behind=behind, behind_is_bound=True, stopped=paused)
 
 
 def _mysql(connection: Connection, role: EngineRole) -> ServerState:
     read_only = bool(connection.scalar(text("SELECT @@global.read_only")))
     if role == "primary":
         error = "configured as primary but the server is read_only" if read_only else None
-        return ServerState(None, error)
+        return ServerState(error, position=_variable(connection, "@@global.gtid_binlog_pos"))
     error = (
         None if read_only else "configured as replica but the server is writable (read_only is off)"
     )
@@ -99,10 +135,24 @@ def _mysql(connection: Connection, role: EngineRole) -> ServerState:
     except DBAPIError:
         status = connection.execute(text("SHOW SLAVE STATUS")).mappings().first()
     if status is None:
-        return ServerState(None, error or "configured as replica but replication is not set up")
+        return ServerState(error or "configured as replica but replication is not set up")
     io = status.get("Slave_IO_Running", status.get("Replica_IO_Running"))
     sql = status.get("Slave_SQL_Running", status.get("Replica_SQL_Running"))
     behind = status.get("Seconds_Behind_Master", status.get("Seconds_Behind_Source"))
-    if io != "Yes" or sql != "Yes" or behind is None:
-        return ServerState(None, error)
-    return ServerState(float(behind), error)
+    # Seconds_Behind_Master is NULL while the IO thread reconnects (primary gone):
+    # then only the applied position can say how fresh the replica is.
+    return ServerState(
+        error,
+        applied=_variable(connection, "@@global.gtid_slave_pos"),
+        behind=None if behind is None or io != "Yes" else float(behind),
+        stopped=sql != "Yes",
+    )
+
+
+def _variable(connection: Connection, name: str) -> str | None:
+    """A server variable, None where the server has no such variable (MySQL's GTIDs differ)."""
+    try:
+        value = connection.scalar(text(f"SELECT {name}"))
+    except DBAPIError:
+        return None
+    return None if value is None else str(value)

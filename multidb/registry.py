@@ -8,7 +8,8 @@
 Building a registry opens no connection and creates no engine. Each engine
 gets its configured ``sessionmaker`` at once; the engine itself is created,
 and the session class bound to it with ``configure(bind=...)``, the first
-time it is used.
+time it is used. Every engine gets a connect timeout
+(``routing.connect_timeout_seconds``) unless its options already set one.
 """
 
 from __future__ import annotations
@@ -16,35 +17,55 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar, cast
 
-from sqlalchemy import create_engine, orm, text
+from sqlalchemy import create_engine, orm
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
 
 from . import causal as _causal
 from . import config as _config
 from .causal import CausalScope
 from .config import Config, DatabaseConfig, EngineConfig, Role
+from .cutoff import Connections
 from .errors import RoutingError, UnknownNameError
-from .monitor import LagMonitor, Watched
+from .monitor import Answer, HealthMonitor, Prober, report
 from .positions import install_capture
-from .probes import probe
 from .readonly import install_primary, install_replica
 from .router import EngineStats, Router
-from .sessions import AutoSession, ReadSession, ReadSource
+from .routes import DatabaseRouter, RouteTable
+from .sessions import AutoSession, ReadSession, ReadSource, RoutedSession
+from .timeouts import install_handshake_timeout, with_connect_timeout
 
 __all__ = ["EngineStatus", "Registry", "load"]
 
 log = logging.getLogger("multidb.routing")
 
 _ROLES = ("write", "read", "auto")
+_S = TypeVar("_S", bound=Session)
+
+# create_engine options of the pool, left out of the probe engines (which pool nothing).
+_POOL_OPTIONS = frozenset(
+    {
+        "pool_size",
+        "max_overflow",
+        "pool_timeout",
+        "pool_recycle",
+        "pool_pre_ping",
+        "pool_use_lifo",
+        "pool_reset_on_return",
+        "poolclass",
+        "pool",
+        "pool_logging_name",
+        "echo_pool",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,55 +87,108 @@ class Registry:
     Safe to share between threads; sessions are not, as in SQLAlchemy.
     """
 
-    def __init__(self, config: Config) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        session_class: type[Session] | None = None,
+        async_session_class: type[Any] | None = None,
+    ) -> None:
+        if session_class is not None and not (
+            isinstance(session_class, type) and issubclass(session_class, Session)
+        ):
+            raise TypeError(
+                f"session_class must be a subclass of sqlalchemy.orm.Session, got {session_class!r}"
+            )
         self.config = config
+        self.session_class: type[Session] = session_class or Session
+        self.async_session_class = async_session_class
+        self._read_class = _routed_class(ReadSession, self.session_class)
+        self._auto_class = _routed_class(AutoSession, self.session_class)
         self._engine_configs: dict[str, EngineConfig] = {e.name: e for e in config.engines()}
         self._engines: dict[str, Engine] = {}
+        self._probe_engines: dict[str, Engine] = {}
+        self._connections: dict[str, Connections] = {}  # replicas' open connections
         self._lock = threading.Lock()
         self._routers = {name: Router(db) for name, db in config.databases.items()}
         self._makers: dict[str, orm.sessionmaker[Session]] = {}
         for name, engine_config in self._engine_configs.items():
             database = config.databases[engine_config.database]
             if engine_config.role == "primary":
-                self._makers[name] = orm.sessionmaker(**database.session)
+                self._makers[name] = _CountingMaker(
+                    self._counter(name), class_=self.session_class, **database.session
+                )
             else:
-                self._makers[name] = self._reads_maker(ReadSession, database, pinned=name)
+                self._makers[name] = self._reads_maker(self._read_class, database, pinned=name)
         self._routed: dict[tuple[str, str], orm.sessionmaker[Session]] = {}
         for name, database in config.databases.items():
-            self._routed[name, "read"] = self._reads_maker(ReadSession, database)
-            self._routed[name, "auto"] = self._reads_maker(AutoSession, database)
+            self._routed[name, "read"] = self._reads_maker(self._read_class, database)
+            self._routed[name, "auto"] = self._reads_maker(self._auto_class, database)
         self._watched = [
-            Watched(self._routers[name], db.routing.check_interval_seconds)
-            for name, db in config.databases.items()
-            if db.routing.max_lag_seconds is not None and db.replicas
+            (db, self._routers[name]) for name, db in config.databases.items() if db.replicas
         ]
-        self._monitor: LagMonitor | None = None
+        self._monitor: HealthMonitor | None = None
+        self._routes = RouteTable()
+        self._database_router: DatabaseRouter = self._routes
         self._ttls = {n: db.routing.causal_ttl_seconds for n, db in config.databases.items()}
+        self._health_prober = Prober(self.engine)
         # (name, role) -> factory, once resolved: the hot path is one dict lookup.
-        self._factories: dict[tuple[str, str | None], orm.sessionmaker[Session]] = {}
+        self._factories: dict[tuple[str | None, str | None], orm.sessionmaker[Session]] = {}
 
     # -- building -------------------------------------------------------------
 
     @classmethod
     def from_yaml(
-        cls, path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        session_class: type[Session] | None = None,
+        async_session_class: type[Any] | None = None,
     ) -> Registry:
-        """Load and check a YAML config file; raises ConfigError, opens no connection."""
-        return cls(_config.load(path, env=env))
+        """Load and check a YAML config file; raises ConfigError, opens no connection.
+
+        ``session_class`` (e.g. ``sqlmodel.Session``) is the class every
+        session handed out is an instance of, with multidb's routing added;
+        ``async_session_class`` the same for asyncio.
+        """
+        return cls(
+            _config.load(path, env=env),
+            session_class=session_class,
+            async_session_class=async_session_class,
+        )
 
     @classmethod
     def from_dict(
-        cls, data: Mapping[str, Any], *, env: Mapping[str, str] | None = None
+        cls,
+        data: Mapping[str, Any],
+        *,
+        env: Mapping[str, str] | None = None,
+        session_class: type[Session] | None = None,
+        async_session_class: type[Any] | None = None,
     ) -> Registry:
         """Check a config given as a mapping; raises ConfigError, opens no connection."""
-        return cls(_config.from_dict(data, env=env))
+        return cls(
+            _config.from_dict(data, env=env),
+            session_class=session_class,
+            async_session_class=async_session_class,
+        )
 
     def _reads_maker(
         self, class_: type[Session], database: DatabaseConfig, pinned: str | None = None
     ) -> orm.sessionmaker[Session]:
         """A factory of ``class_`` sessions reading from ``pinned``, or as the router chooses."""
+        reads = self._source(database, pinned)
+        if pinned is None:  # the router counts the sessions it routes
+            return orm.sessionmaker(class_=class_, multidb_reads=reads, **database.session)
+        return _CountingMaker(
+            self._counter(pinned), class_=class_, multidb_reads=reads, **database.session
+        )
+
+    def _source(self, database: DatabaseConfig, pinned: str | None = None) -> ReadSource:
+        """Where sessions read ``database`` from: ``pinned``, or as its router chooses."""
         routing = database.routing
-        reads = ReadSource(
+        return ReadSource(
             database=database.name,
             primary=database.primary.name,
             engine=self.engine,
@@ -124,7 +198,11 @@ class Registry:
             causal_wait_seconds=routing.causal_wait_seconds,
             causal_ttl_seconds=routing.causal_ttl_seconds,
         )
-        return orm.sessionmaker(class_=class_, multidb_reads=reads, **database.session)
+
+    def _counter(self, name: str) -> Callable[[], None]:
+        """Counts a session of engine ``name`` that no router chose (write, pinned)."""
+        router = self._routers[self._engine_configs[name].database]
+        return lambda: router.note_session(name)
 
     # -- names ----------------------------------------------------------------
 
@@ -172,8 +250,13 @@ class Registry:
         with self._lock:
             engine = self._engines.get(name)
             if engine is None:
-                engine = self._engines[name] = self._create_engine(self._engine_configs[name])
+                engine_config = self._engine_configs[name]
+                engine = self._engines[name] = self._create_engine(engine_config)
                 self._makers[name].configure(bind=engine)
+                if engine_config.role == "primary":
+                    # Routed sessions' bind: code reading session.bind.dialect works.
+                    for role in ("read", "auto"):
+                        self._routed[engine_config.database, role].configure(bind=engine)
         return engine
 
     def _create_engine(self, engine_config: EngineConfig) -> Engine:
@@ -187,9 +270,13 @@ class Registry:
             and not url.query.get("uri")
         ):
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, **engine_config.options)
+        engine = create_engine(
+            url, **with_connect_timeout(engine_config, self._timeout(engine_config.name))
+        )
+        install_handshake_timeout(engine, self._timeout(engine_config.name))
         if engine_config.role == "replica":
             install_replica(engine, engine_config.name)
+            self._connections[engine_config.name] = Connections(engine)
         else:
             install_primary(engine, engine_config.name)
             database = self.config.databases[engine_config.database]
@@ -197,27 +284,34 @@ class Registry:
                 install_capture(engine, database.name)
         return engine
 
-    def sessionmaker(self, name: str, role: Role | None = None) -> orm.sessionmaker[Session]:
+    def _timeout(self, name: str) -> float:
+        database = self.config.databases[self._engine_configs[name].database]
+        return database.routing.connect_timeout_seconds
+
+    def sessionmaker(self, name: str | None, role: Role | None = None) -> orm.sessionmaker[Session]:
         """A session factory.
 
         For an engine name without a role: that engine's configured session
         class, bound to the engine. For a database name (or an engine name
         with a role): a factory of sessions routed as ``role``, for
-        ``scoped_session`` and framework dependencies.
+        ``scoped_session`` and framework dependencies. For None: sessions of
+        every routed model (:meth:`route`).
         """
-        if role is None and name in self.config.databases:
+        if role is None and (name is None or name in self.config.databases):
             role = _causal.request_role.get()
         return self._factory(name, role)
 
-    def _factory(self, name: str, role: str | None) -> orm.sessionmaker[Session]:
+    def _factory(self, name: str | None, role: str | None) -> orm.sessionmaker[Session]:
         maker = self._factories.get((name, role))
         if maker is None:
             maker = self._factories[name, role] = self._resolve(name, role)
         return maker
 
-    def _resolve(self, name: str, role: str | None) -> orm.sessionmaker[Session]:
+    def _resolve(self, name: str | None, role: str | None) -> orm.sessionmaker[Session]:
         if role is not None and role not in _ROLES:
             raise RoutingError(f"unknown role {role!r} for {name!r}: use 'write', 'read' or 'auto'")
+        if name is None:
+            return self._several(role or "write")
         engine_config = self._engine_configs.get(name)
         if engine_config is None:
             database = self.config.databases.get(name)
@@ -226,8 +320,9 @@ class Registry:
             role = role or database.routing.default_role
             if role == "write":
                 return self._bound(database.primary.name)
-            if self._watched and self._monitor is None:
-                self._start_monitor()
+            self.engine(database.primary.name)  # the routed sessions' bind
+            if database.replicas:
+                self._start_monitor()  # and wait for its first round, like every caller
             return self._routed[name, role]
         # An engine name pins the session to that engine.
         if engine_config.role == "replica":
@@ -239,7 +334,9 @@ class Registry:
             return self._bound(name)
         if role == "read":  # read-only on a primary; _factory keeps it
             database = self.config.databases[engine_config.database]
-            return self._reads_maker(ReadSession, database, pinned=name)
+            maker = self._reads_maker(self._read_class, database, pinned=name)
+            maker.configure(bind=self.engine(name))
+            return maker
         return self._bound(name)
 
     def _bound(self, name: str) -> orm.sessionmaker[Session]:
@@ -250,20 +347,67 @@ class Registry:
 
     # -- sessions -------------------------------------------------------------
 
-    def session(self, name: str, *, role: Role | None = None) -> _SessionScope:
+    def session(self, name: str | None, *, role: Role | None = None) -> _SessionScope:
         """A session for a block: commits at its end, rolls back on error, always closes.
 
         ``name`` is a database (routed by ``role``, default
-        ``routing.default_role``) or an engine (pinned to it). An unknown name
-        or a role that does not fit raises here, before the block runs. A read
-        session has nothing to commit: its transaction is just closed.
+        ``routing.default_role``), an engine (pinned to it), or None: every
+        model :meth:`route` names, each statement on its own database by the
+        role's rules (default ``write``). An unknown name or a role that does
+        not fit raises here, before the block runs. A read session has
+        nothing to commit: its transaction is just closed.
         """
-        if role is None and name in self.config.databases:
+        if role is None and (name is None or name in self.config.databases):
             role = _causal.request_role.get()
         maker = self._factory(name, role)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s: %s session", name, role or "default-role")
         return _SessionScope(maker)
+
+    # -- several databases in one session --------------------------------------
+
+    def route(self, target: Any, database: str) -> None:
+        """Say that ``target`` lives in ``database``, for ``session(None, ...)``.
+
+        ``target`` is a mapped class (its subclasses follow), a declarative
+        base (every class of it), a ``Table`` or a ``MetaData``::
+
+            dbs.route(User, "main")
+            dbs.route(AnalyticsBase, "reports")
+        """
+        if database not in self.config.databases:
+            raise UnknownNameError(database, self.databases, kind="database")
+        self._routes.add(target, database)
+
+    def use_router(self, router: DatabaseRouter) -> None:
+        """Replace the table of routes with ``router.database_for(mapper, clause)``.
+
+        It returns a database name, or None when it does not know (then the
+        statement raises ``RoutingError``, unless it names a database with
+        ``bind_arguments={"database": NAME}``).
+        """
+        self._database_router = router
+        self._factories = {k: v for k, v in self._factories.items() if k[0] is not None}
+
+    def _several(self, role: str) -> orm.sessionmaker[Session]:
+        """A factory of sessions serving every database, routed per statement."""
+        if role != "write" and self._watched:
+            self._start_monitor()  # and wait for its first round, like every caller
+        sources = {name: self._source(database) for name, database in self.config.databases.items()}
+        options: dict[str, Any] = {}
+        for database in self.config.databases.values():  # in file order, later ones win
+            options.update(database.session)
+        class_ = {
+            "write": _routed_class(RoutedSession, self.session_class),
+            "read": self._read_class,
+            "auto": self._auto_class,
+        }[role]
+        return orm.sessionmaker(
+            class_=class_,
+            multidb_databases=sources,
+            multidb_routes=self._database_router,
+            **options,
+        )
 
     # -- causal scopes --------------------------------------------------------
 
@@ -283,65 +427,117 @@ class Registry:
 
     # -- health ---------------------------------------------------------------
 
-    def health(self) -> list[EngineStatus]:
-        """Connect to every engine and report its status, in file order."""
+    def health(self, *, timeout: float | None = None) -> list[EngineStatus]:
+        """Connect to every engine at once and report its status, in file order.
+
+        Each engine gets ``timeout`` seconds (default: its database's
+        ``routing.connect_timeout_seconds``) to answer; one that accepts
+        connections and never answers is reported not ok after that, and
+        never holds up the others.
+        """
+        databases = list(self.config.databases.values())
+        results: dict[str, list[Answer]] = {}
+
+        def run(database: DatabaseConfig) -> None:
+            limit = database.routing.connect_timeout_seconds if timeout is None else timeout
+            results[database.name] = self._health_prober.round(database, limit)
+
+        threads = [threading.Thread(target=run, args=(db,), daemon=True) for db in databases]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()  # each round ends within its timeout
         statuses = []
-        for database in self.config.databases.values():
-            primary, position = self._status(database.primary.name, None)
-            statuses.append(primary)
-            statuses += [self._status(r.name, position)[0] for r in database.replicas]
+        for database in databases:
+            answers = results[database.name]
+            report(self._routers[database.name], answers[1:])
+            statuses += [
+                self._status(engine_config, answer)
+                for engine_config, answer in zip(database.engines, answers, strict=True)
+            ]
         return statuses
 
-    def _status(self, name: str, position: str | None) -> tuple[EngineStatus, str | None]:
-        """One engine's status, and a primary's position for its replicas' lag."""
-        engine_config = self._engine_configs[name]
-        url = _config.mask_url(engine_config.url)
-        started = time.perf_counter()
-        try:
-            with self.engine(name).connect() as connection:
-                connection.execute(text("SELECT 1"))
-                latency = (time.perf_counter() - started) * 1000
-                state = probe(connection, engine_config.role, position)
-        except Exception as exc:
-            message = str(exc).strip().splitlines()
-            error = message[0] if message else type(exc).__name__
-            return EngineStatus(name, engine_config.role, url, False, None, None, error), None
-        if engine_config.role == "replica":
-            self._routers[engine_config.database].report_lag(name, state.lag_seconds)
-        status = EngineStatus(
-            name,
+    @staticmethod
+    def _status(engine_config: EngineConfig, answer: Answer) -> EngineStatus:
+        state = answer.state
+        role_error = None if state is None else state.role_error
+        return EngineStatus(
+            engine_config.name,
             engine_config.role,
-            url,
-            state.role_error is None,
-            round(latency, 2),
-            state.lag_seconds,
-            state.role_error,
+            _config.mask_url(engine_config.url),
+            answer.answered and role_error is None,
+            None if answer.latency_ms is None else round(answer.latency_ms, 2),
+            None if engine_config.role == "primary" else answer.lag,
+            answer.error,
         )
-        return status, state.position
 
     def stats(self) -> dict[str, EngineStats]:
-        """Routing counters per engine: sessions routed, fallbacks, ejections, lag probes."""
+        """Counters per engine: sessions (write, pinned included), fallbacks, ejections, probes."""
         rows: dict[str, EngineStats] = {}
         for router in self._routers.values():
             rows.update((row.name, row) for row in router.stats())
         return rows
 
-    # -- lag monitor ----------------------------------------------------------
+    # -- health monitor -------------------------------------------------------
 
     def _start_monitor(self) -> None:
+        """Start probing replicas; wait (bounded) until every replica was probed once."""
         with self._lock:
-            if self._monitor is not None:
-                return
-            monitor = self._monitor = LagMonitor(self._watched, self.engine)
-        monitor.start(wait=max(w.interval for w in self._watched))
+            monitor = self._monitor
+            if monitor is None:
+                monitor = self._monitor = HealthMonitor(
+                    self._watched, self._probe_engine, self._cut_off
+                )
+                monitor.start()
+        # Every caller waits, not only the one that started it: concurrent first
+        # reads use replicas. A round ends within its connect timeout.
+        limit = max(db.routing.connect_timeout_seconds for db, _ in self._watched)
+        monitor.first_round.wait(limit + 1.0)
+
+    def _cut_off(self, name: str) -> None:
+        """Fail the statements waiting on replica ``name``, which stopped answering."""
+        connections = self._connections.get(name)
+        if connections is not None:
+            count = connections.cut_off()
+            if count:
+                log.warning(
+                    "%s: %d connection(s) to %s cut off: it does not answer",
+                    self._engine_configs[name].database,
+                    count,
+                    name,
+                )
+
+    def _probe_engine(self, name: str) -> Engine:
+        """The engine the monitor probes ``name`` with: a fresh connection each time.
+
+        Its own connections, so that a busy or exhausted application pool
+        never delays a probe, and a hung probe never holds a pooled connection.
+        """
+        engine = self._probe_engines.get(name)
+        if engine is not None:
+            return engine
+        engine_config = self._engine_configs[name]
+        with self._lock:
+            engine = self._probe_engines.get(name)
+            if engine is None:
+                options = {
+                    k: v
+                    for k, v in with_connect_timeout(engine_config, self._timeout(name)).items()
+                    if k not in _POOL_OPTIONS
+                }
+                engine = create_engine(engine_config.url, poolclass=NullPool, **options)
+                install_handshake_timeout(engine, self._timeout(name))
+                self._probe_engines[name] = engine
+        return engine
 
     # -- lifecycle ------------------------------------------------------------
 
     def dispose(self) -> None:
-        """Stop the lag monitor and close every pooled connection."""
+        """Stop the health monitor and close every pooled connection."""
         with self._lock:
             monitor, self._monitor = self._monitor, None
-            engines = list(self._engines.values())
+            engines = [*self._engines.values(), *self._probe_engines.values()]
+            self._probe_engines.clear()
             self._factories.clear()  # the next read session starts the monitor again
         if monitor is not None:
             monitor.stop()
@@ -396,6 +592,34 @@ class _SessionScope:
             session.close()
 
 
-def load(path: str | os.PathLike[str]) -> Registry:
-    """``Registry.from_yaml(path)``."""
-    return Registry.from_yaml(path)
+def load(
+    path: str | os.PathLike[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    session_class: type[Session] | None = None,
+    async_session_class: type[Any] | None = None,
+) -> Registry:
+    """``Registry.from_yaml(path, **kw)``."""
+    return Registry.from_yaml(
+        path, env=env, session_class=session_class, async_session_class=async_session_class
+    )
+
+
+class _CountingMaker(orm.sessionmaker[_S]):
+    """A ``sessionmaker`` that counts the sessions it makes (``EngineStats.sessions``)."""
+
+    def __init__(self, count: Callable[[], None], **kw: Any) -> None:
+        super().__init__(**kw)
+        self._count = count
+
+    def __call__(self, **local_kw: Any) -> _S:
+        self._count()
+        return super().__call__(**local_kw)
+
+
+def _routed_class(routing: type[Session], base: type[Session]) -> type[Session]:
+    """``routing`` (ReadSession, AutoSession) on top of the application's session class."""
+    if base is Session:
+        return routing
+    namespace = {"__module__": routing.__module__, "__doc__": routing.__doc__}
+    return cast("type[Session]", type(routing.__name__, (routing, base), namespace))

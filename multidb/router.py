@@ -1,11 +1,12 @@
 """Choosing the replica a read goes to.
 
 A :class:`Router` keeps the state of one database's replicas: weight, whether
-a recent connection failure has left one out (``cooldown_seconds``), and,
-when ``max_lag_seconds`` is set, the replication lag last measured for each.
-It never opens a connection: sessions tell it about failures
-(:meth:`Router.eject`), the lag monitor tells it about lag
-(:meth:`Router.report_lag`), and it answers :meth:`Router.choose`.
+a recent connection failure has left one out (``cooldown_seconds``), whether
+it answered its last health probe, and the lag and applied position last
+measured for each. It never opens a connection: sessions tell it about
+failures (:meth:`Router.eject`), the health monitor about probes
+(:meth:`Router.report_lag`, :meth:`Router.report_unreachable`), and it
+answers :meth:`Router.choose`.
 
 The choice among usable replicas is a :class:`ReplicaPolicy`;
 :class:`SmoothWeightedRoundRobin` and :class:`WeightedRandom` are built in
@@ -86,11 +87,11 @@ class EngineStats:
     """Counters of one engine since the registry was built."""
 
     name: str
-    sessions: int  # read sessions (and auto sessions' reads) routed to it
+    sessions: int  # every session that used it: routed reads, write and pinned sessions
     fallbacks: int  # reads that came to this primary because no replica was usable
-    error_ejections: int  # times it was left out after a connection failure
-    lag_ejections: int  # times it was left out for lag or stopped replication
-    lag_probes: int  # lag measurements taken
+    error_ejections: int  # times it was left out after a failed or unanswered connection
+    lag_ejections: int  # times it was left out for lag, unknown lag or stopped replication
+    lag_probes: int  # probes that measured its lag
     causal_waits: int  # reads that asked this replica whether it had applied a position
     causal_fallbacks: int  # reads that came to this primary because no replica had
     in_rotation: bool  # whether reads may go to it now (weight > 0, not left out)
@@ -100,10 +101,12 @@ class _Replica:
     """Mutable routing state of one replica; guarded by the router's lock."""
 
     __slots__ = (
+        "answering",
         "applied",
         "causal_waits",
         "down_until",
         "error_ejections",
+        "fresh_as_of",
         "lag",
         "lag_ejections",
         "lag_ok",
@@ -116,26 +119,35 @@ class _Replica:
     def __init__(self, name: str, weight: float, lag_checked: bool) -> None:
         self.name = name
         self.weight = weight
-        self.down_until = 0.0
-        self.lag: float | None = None
-        # Until the first probe says otherwise, a lag-checked replica is not trusted.
+        self.down_until = 0.0  # left out until then after a failed connection
+        self.answering = True  # false from a probe that got no answer until one that does
+        self.lag: float | None = None  # last measured lag, None when unknown
+        # The router's clock time by which the replica had applied everything the
+        # primary had committed: its lag now is at most clock() - fresh_as_of.
+        self.fresh_as_of: float | None = None
+        # Whether the lag bound held at the last look (to count ejections); a
+        # lag-checked replica is not trusted before its first probe.
         self.lag_ok = not lag_checked
+        self.applied: str | None = None  # the position it had applied when last asked
+        self.causal_waits = 0
         self.sessions = 0
         self.error_ejections = 0
         self.lag_ejections = 0
         self.lag_probes = 0
-        self.applied: str | None = None  # the position it had applied when last asked
-        self.causal_waits = 0
-
-    def in_rotation(self, now: float) -> bool:
-        """Weight above 0, not cooling down after a failure, lag within the limit."""
-        return self.weight > 0 and self.down_until <= now and self.lag_ok
 
 
 class Router:
     """Chooses replicas for one database and remembers which ones to leave out.
 
     Safe to share between threads: all state changes happen under one lock.
+    A replica is in rotation while all of these hold:
+
+    1. its weight is above 0;
+    2. no connection to it failed within the last ``cooldown_seconds``;
+    3. its last health probe got an answer (:meth:`report_unreachable` takes
+       it out, :meth:`report_lag` brings it back);
+    4. with ``max_lag_seconds``: its last measured lag plus the age of that
+       measurement is within the limit (a hard bound, checked at each read).
     """
 
     def __init__(
@@ -162,28 +174,65 @@ class Router:
         }
         self._fallbacks = 0
         self._causal_fallbacks = 0
+        self._sessions: dict[str, int] = dict.fromkeys((database.primary.name, *self._replicas), 0)
 
     @property
     def replica_names(self) -> tuple[str, ...]:
         return tuple(self._replicas)
 
+    def _usable(self, replica: _Replica, now: float, events: list[str]) -> bool:
+        """Rules 1-4 of the class docstring; counts and notes a lag bound just broken."""
+        if replica.weight <= 0 or replica.down_until > now or not replica.answering:
+            return False
+        limit = self.max_lag_seconds
+        if limit is None:
+            return True
+        lag_ok = replica.fresh_as_of is not None and now - replica.fresh_as_of <= limit
+        if lag_ok != replica.lag_ok:
+            replica.lag_ok = lag_ok
+            if not lag_ok:
+                replica.lag_ejections += 1
+            events.append(self._lag_event(replica, now))
+        return lag_ok
+
+    def _lag_event(self, replica: _Replica, now: float) -> str:
+        if replica.lag_ok:
+            return f"{replica.name} back in rotation: lag {replica.lag or 0.0:.2f}s"
+        if replica.fresh_as_of is None:
+            why = "lag unknown or replication stopped"
+        else:
+            why = f"lag up to {now - replica.fresh_as_of:.2f}s"
+        return f"{replica.name} left out: {why} (max {self.max_lag_seconds}s)"
+
+    def _log_lag_events(self, events: list[str]) -> None:
+        for event in events:
+            level = logging.INFO if "back in rotation" in event else logging.WARNING
+            log.log(level, "%s: replica %s", self.database, event)
+
     def choose(self, exclude: Collection[str] = ()) -> str | None:
         """The replica the next read goes to, or None when none is usable.
 
-        A replica is usable when its weight is above 0, it is not cooling down
-        after a failure, it is not in ``exclude``, and (with ``max_lag_seconds``)
-        its last measured lag is known and within the limit.
+        A replica is usable when it is in rotation (see the class docstring)
+        and not in ``exclude``.
         """
         now = self._clock()
+        events: list[str] = []
         with self._lock:
-            usable = [r for r in self._replicas.values() if r.in_rotation(now)]
-            if exclude:
-                usable = [r for r in usable if r.name not in exclude]
-            if not usable:
-                return None
-            chosen = usable[0] if len(usable) == 1 else self._policy.choose(usable)
-            assert isinstance(chosen, _Replica)
-            chosen.sessions += 1
+            usable = [
+                r
+                for r in self._replicas.values()
+                if self._usable(r, now, events) and r.name not in exclude
+            ]
+            chosen: _Replica | None = None
+            if usable:
+                picked = usable[0] if len(usable) == 1 else self._policy.choose(usable)
+                assert isinstance(picked, _Replica)
+                chosen = picked
+                chosen.sessions += 1
+        if events:
+            self._log_lag_events(events)
+        if chosen is None:
+            return None
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "%s: read -> %s (%s among %s)",
@@ -204,8 +253,13 @@ class Router:
                     reasons.append(f"{r.name} has weight 0")
                 elif r.down_until > now:
                     reasons.append(f"{r.name} failed, left out for {r.down_until - now:.1f}s")
-                elif not r.lag_ok:
-                    lag = "unknown" if r.lag is None else f"{r.lag:.1f}s"
+                elif not r.answering:
+                    reasons.append(f"{r.name} does not answer its health probe")
+                elif not self._usable(r, now, []):
+                    if r.fresh_as_of is None:
+                        lag = "unknown"
+                    else:
+                        lag = f"up to {now - r.fresh_as_of:.1f}s"
                     reasons.append(f"{r.name} lag {lag} (max {self.max_lag_seconds}s)")
                 else:
                     reasons.append(f"{r.name} already failed in this session")
@@ -215,6 +269,7 @@ class Router:
         """Count a read that went to the primary because no replica was usable."""
         with self._lock:
             self._fallbacks += 1
+            self._sessions[self.primary] += 1
         log.debug("%s: read -> %s (fallback: %s)", self.database, self.primary, reason)
 
     def note_causal_wait(self, name: str, applied: str | None) -> None:
@@ -236,6 +291,11 @@ class Router:
             self._causal_fallbacks += 1
         log.debug("%s: read -> %s (%s)", self.database, self.primary, reason)
 
+    def note_session(self, name: str) -> None:
+        """Count a session that the router did not choose (write, pinned) on engine ``name``."""
+        with self._lock:
+            self._sessions[name] += 1
+
     def eject(self, name: str, error: BaseException) -> None:
         """Leave replica ``name`` out for ``cooldown_seconds`` after a connection failure."""
         with self._lock:
@@ -250,56 +310,103 @@ class Router:
             _one_line(error),
         )
 
-    def report_lag(self, name: str, lag: float | None) -> None:
-        """Record a lag measurement; None means unknown or replication stopped."""
-        limit = self.max_lag_seconds
+    def report_unreachable(self, name: str, reason: str) -> None:
+        """Leave replica ``name`` out until a probe gets an answer from it again."""
         with self._lock:
             replica = self._replicas[name]
-            replica.lag = lag
-            replica.lag_probes += 1
-            was_ok = replica.lag_ok
-            replica.lag_ok = limit is None or (lag is not None and lag <= limit)
-            if was_ok and not replica.lag_ok:
-                replica.lag_ejections += 1
-            changed = was_ok != replica.lag_ok
-        if changed:
-            state = "back in rotation" if replica.lag_ok else "left out"
-            lag_text = "unknown or replication stopped" if lag is None else f"{lag:.2f}s"
-            log.info(
-                "%s: replica %s %s: lag %s (max %ss)", self.database, name, state, lag_text, limit
+            was_answering, replica.answering = replica.answering, False
+            if was_answering:
+                replica.error_ejections += 1
+        if was_answering:
+            log.warning(
+                "%s: replica %s left out until it answers again: %s", self.database, name, reason
             )
 
-    def applied(self, name: str) -> str | None:
-        """The position replica ``name`` had applied when last asked, as the server wrote it."""
-        return self._replicas[name].applied
+    def report_lag(
+        self,
+        name: str,
+        lag: float | None,
+        applied: str | None = None,
+        *,
+        measured_at: float | None = None,
+    ) -> None:
+        """Record a probe's answer: the replica answers, with ``lag`` seconds of lag.
+
+        ``lag`` is None when unknown or replication is stopped; ``measured_at``
+        is the router clock's time of the measurement (default: now);
+        ``applied`` is the replica's applied position as the server writes it
+        (PostgreSQL replay LSN, MariaDB ``gtid_slave_pos``).
+        """
+        now = self._clock()
+        at = now if measured_at is None else measured_at
+        events: list[str] = []
+        with self._lock:
+            replica = self._replicas[name]
+            was_answering, replica.answering = replica.answering, True
+            replica.lag = lag
+            replica.lag_probes += 1
+            replica.fresh_as_of = None if lag is None else at - max(lag, 0.0)
+            if applied is not None:
+                replica.applied = applied
+            self._usable(replica, now, events)
+        if not was_answering:
+            log.warning("%s: replica %s answers again", self.database, name)
+        if events:
+            self._log_lag_events(events)
 
     def lag(self, name: str) -> float | None:
+        """The last measured lag of replica ``name``, None when unknown."""
         with self._lock:
             return self._replicas[name].lag
+
+    def lag_bound(self, name: str) -> float | None:
+        """How stale replica ``name`` may be now: last measured lag plus its age."""
+        now = self._clock()
+        with self._lock:
+            fresh = self._replicas[name].fresh_as_of
+        return None if fresh is None else max(now - fresh, 0.0)
+
+    def applied(self, name: str) -> str | None:
+        """The position replica ``name`` had applied when last asked, as the server wrote it.
+
+        Asked by a health probe (each round) or a causal check; None before either.
+        """
+        return self._replicas[name].applied
 
     def stats(self) -> list[EngineStats]:
         """A snapshot of the counters of this database's engines, primary first."""
         now = self._clock()
+        events: list[str] = []
         with self._lock:
             rows = [
                 EngineStats(
-                    self.primary, 0, self._fallbacks, 0, 0, 0, 0, self._causal_fallbacks, True
+                    self.primary,
+                    self._sessions[self.primary],
+                    self._fallbacks,
+                    0,
+                    0,
+                    0,
+                    0,
+                    self._causal_fallbacks,
+                    True,
                 )
             ]
             rows += [
                 EngineStats(
                     r.name,
-                    r.sessions,
+                    r.sessions + self._sessions[r.name],
                     0,
                     r.error_ejections,
                     r.lag_ejections,
                     r.lag_probes,
                     r.causal_waits,
                     0,
-                    r.in_rotation(now),
+                    self._usable(r, now, events),
                 )
                 for r in self._replicas.values()
             ]
+        if events:
+            self._log_lag_events(events)
         return rows
 
 

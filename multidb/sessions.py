@@ -24,6 +24,7 @@ nothing else is ever retried, so no work is repeated.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import event
@@ -37,9 +38,10 @@ from .causal import Position
 from .errors import NoReplicaAvailableError, ReadOnlyError, RoutingError
 from .readonly import begin_read_only
 from .router import Router
+from .routes import DatabaseRouter, RouteTable
 from .statements import Kind, classify
 
-__all__ = ["AutoSession", "ReadSession", "ReadSource"]
+__all__ = ["AutoSession", "ReadSession", "ReadSource", "RoutedSession"]
 
 log = logging.getLogger("multidb.routing")
 causal_log = logging.getLogger("multidb.causal")
@@ -187,26 +189,25 @@ def _covering(required: Position) -> Any:
     return covers
 
 
-class _ReplicaReads(Session):
-    """The replica a session reads from: chosen, checked out and checked once per transaction."""
+class _Reader:
+    """One database's reads in one session: its engine, chosen once, checked out per transaction."""
 
-    def __init__(self, bind: Any = None, *, multidb_reads: ReadSource, **kwargs: Any) -> None:
-        super().__init__(bind=bind, **kwargs)
-        self.multidb_reads = multidb_reads
-        self.reader: str | None = None  # the engine this session reads from, once chosen
+    __slots__ = ("connection", "failed", "name", "on_primary", "source")
+
+    def __init__(self, source: ReadSource) -> None:
+        self.source = source
+        self.name: str | None = None  # the engine this session reads from, once chosen
+        self.connection: Connection | None = None  # this transaction's, checked out
+        self.failed: frozenset[str] = frozenset()
         self.on_primary = False  # auto sessions: once true, every statement goes to the primary
-        self._reader_connection: Connection | None = None  # this transaction's, checked out
-        self._failed: frozenset[str] = frozenset()
-        self._ran = False  # a statement of this transaction has completed: no more retries
-        self._ping = False  # the next checkout hands a raw connection out: test it first
 
-    def _reader_bind(self) -> Connection:
-        connection = self._reader_connection
+    def bind(self, ping: bool) -> Connection:
+        connection = self.connection
         if connection is None:
-            connection = self._reader_connection = self._settle()
+            connection = self.connection = self._settle(ping)
         return connection
 
-    def _settle(self) -> Connection:
+    def _settle(self, ping: bool) -> Connection:
         """Choose the engine to read from and check out a connection that works.
 
         A replica whose connection cannot be opened is ejected and the next
@@ -214,18 +215,19 @@ class _ReplicaReads(Session):
         ``causal_wait_seconds``) is skipped for this session. Nothing has run
         on the connection it returns.
         """
-        source = self.multidb_reads
+        source = self.source
         required = source.required()
         behind: frozenset[str] = frozenset()
         while True:
-            name = self.reader
-            if name is None or name in self._failed or name in behind:
-                name = source.pick(self._failed, behind, required)
+            name = self.name
+            if name is None or name in self.failed or name in behind:
+                name = source.pick(self.failed, behind, required)
             connection: Connection | None = None
             try:
                 connection = source.engine(name).connect()
-                if self._ping:
-                    connection.dialect.do_ping(connection.connection.dbapi_connection)  # type: ignore[arg-type]
+                if ping:
+                    raw = connection.connection.dbapi_connection
+                    connection.dialect.do_ping(raw)  # type: ignore[arg-type]
                 if (
                     required is not None
                     and name != source.primary
@@ -241,10 +243,84 @@ class _ReplicaReads(Session):
                 if not source.may_retry(name) or not _connection_lost(exc):
                     raise
                 source.failed(name, exc)
-                self._failed |= {name}
+                self.failed |= {name}
                 continue
-            self.reader = name
+            self.name = name
             return connection
+
+    def lost(self) -> bool:
+        """Whether this transaction's replica connection died and the read may move on."""
+        connection, name = self.connection, self.name
+        if connection is None or not connection.invalidated or name is None:
+            return False
+        return self.source.may_retry(name)
+
+    def release(self) -> None:
+        """Give the connection back to its pool; the session keeps its engine."""
+        connection, self.connection = self.connection, None
+        if connection is not None:
+            connection.close()
+
+    def reset(self) -> None:
+        self.name = None
+        self.failed = frozenset()
+        self.on_primary = False
+
+
+class _ReplicaReads(Session):
+    """Reads from replicas: one :class:`_Reader` per database the session uses.
+
+    A session for one database gets ``multidb_reads``; a session for every
+    routed model (``dbs.session(None, ...)``) gets ``multidb_databases`` and
+    ``multidb_routes`` and picks the database of each statement first.
+    """
+
+    def __init__(
+        self,
+        bind: Any = None,
+        *,
+        multidb_reads: ReadSource | None = None,
+        multidb_databases: Mapping[str, ReadSource] | None = None,
+        multidb_routes: DatabaseRouter | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(bind=bind, **kwargs)
+        self.multidb_reads = multidb_reads
+        self._single = None if multidb_reads is None else _Reader(multidb_reads)
+        self._sources = multidb_databases or {}
+        self._routes = multidb_routes
+        self._readers: dict[str, _Reader] = {}
+        self._ran = False  # a statement of this transaction has completed: no more retries
+        self._ping = False  # the next checkout hands a raw connection out: test it first
+
+    @property
+    def reader(self) -> str | None:
+        """The engine this session reads from, once chosen (one-database sessions)."""
+        return None if self._single is None else self._single.name
+
+    @property
+    def on_primary(self) -> bool:
+        """Auto sessions: whether everything goes to the primary now (one-database sessions)."""
+        return self._single is not None and self._single.on_primary
+
+    def _reader_for(self, mapper: Any, clause: Any, database: str | None) -> _Reader:
+        single = self._single
+        if single is not None:
+            return single
+        name = database or _route(self._routes, self._sources, mapper, clause)
+        reader = self._readers.get(name)
+        if reader is None:
+            source = self._sources.get(name)
+            if source is None:
+                raise RoutingError(
+                    f"bind_arguments names database {name!r}, which this registry does not "
+                    f"have (databases: {', '.join(self._sources)})"
+                )
+            reader = self._readers[name] = _Reader(source)
+        return reader
+
+    def _all_readers(self) -> list[_Reader]:
+        return [self._single] if self._single is not None else list(self._readers.values())
 
     def _execute_internal(self, *args: Any, **kwargs: Any) -> Any:
         """Run a statement; the transaction's first one moves on if its pooled connection died."""
@@ -254,17 +330,13 @@ class _ReplicaReads(Session):
             try:
                 result = super()._execute_internal(*args, **kwargs)
             except DBAPIError as exc:
-                connection = self._reader_connection
-                name = self.reader
-                if (
-                    connection is None
-                    or not connection.invalidated
-                    or name is None
-                    or not self.multidb_reads.may_retry(name)
-                ):
+                lost = [r for r in self._all_readers() if r.lost()]
+                if not lost:
                     raise
-                self.multidb_reads.failed(name, exc)
-                self._failed |= {name}
+                for reader in lost:
+                    assert reader.name is not None
+                    reader.source.failed(reader.name, exc)
+                    reader.failed |= {reader.name}
                 # Nothing of this transaction has run: dropping it loses no work.
                 self.rollback()
                 continue
@@ -273,7 +345,7 @@ class _ReplicaReads(Session):
 
     def connection(self, bind_arguments: Any = None, execution_options: Any = None) -> Connection:
         """The transaction's connection; a replica's is tested before it is handed out."""
-        self._ping = self._reader_connection is None
+        self._ping = True
         try:
             connection = super().connection(bind_arguments, execution_options)
         finally:
@@ -286,7 +358,7 @@ class _ReplicaReads(Session):
         try:
             super().commit()
         except DBAPIError as exc:
-            if self.on_primary:
+            if any(r.on_primary for r in self._all_readers()) or isinstance(self, RoutedSession):
                 raise
             self._discard(exc, "commit")
 
@@ -295,27 +367,43 @@ class _ReplicaReads(Session):
             super().close()
         except DBAPIError as exc:
             self._discard(exc, "closing")
-        self.reader = None
-        self._failed = frozenset()
-        self.on_primary = False
+        for reader in self._all_readers():
+            reader.reset()
 
     def _end_transaction(self) -> None:
-        """Give the reader's connection back to its pool; the session keeps its reader."""
-        connection, self._reader_connection = self._reader_connection, None
         self._ran = False
-        if connection is not None:
-            connection.close()
+        for reader in self._all_readers():
+            reader.release()
 
     def _discard(self, exc: DBAPIError, what: str) -> None:
         """A read-only transaction has nothing to keep: log the failure, drop the connection."""
         log.warning(
-            "%s: %s of a read-only transaction on %s failed, connection discarded: %s",
-            self.multidb_reads.database,
+            "%s: %s of a read-only transaction failed, connection discarded: %s",
+            ", ".join(f"{r.source.database} on {r.name}" for r in self._all_readers()),
             what,
-            self.reader,
             str(exc).splitlines()[0],
         )
         self.invalidate()
+
+
+def _route(
+    routes: DatabaseRouter | None, sources: Mapping[str, ReadSource], mapper: Any, clause: Any
+) -> str:
+    """The database a statement of a several-database session goes to, or RoutingError."""
+    name = None if routes is None else routes.database_for(mapper, clause)
+    if name is None:
+        table = routes.describe() if isinstance(routes, RouteTable) else type(routes).__name__
+        raise RoutingError(
+            f"no route names the database of {_describe(clause) if clause is not None else mapper}"
+            f" (routes: {table}); route its model with dbs.route(Model, DATABASE), or pass "
+            "bind_arguments={'database': DATABASE}"
+        )
+    if name not in sources:
+        raise RoutingError(
+            f"the router sent a statement to {name!r}, which this registry does not have "
+            f"(databases: {', '.join(sources)})"
+        )
+    return name
 
 
 def _connection_lost(exc: BaseException) -> bool:
@@ -346,7 +434,7 @@ def _release_reader(session: Session, transaction: SessionTransaction) -> None:
 
 
 class ReadSession(_ReplicaReads):
-    """A read-only session on one engine, picked when the session first needs one.
+    """A read-only session on one engine per database, picked when the session first needs one.
 
     A flush with pending changes, or a write statement (INSERT, UPDATE,
     DELETE, DDL, a locking SELECT, textual SQL that begins with a write
@@ -361,9 +449,10 @@ class ReadSession(_ReplicaReads):
         *,
         clause: Any = None,
         bind: Any = None,
+        database: str | None = None,
         **kwargs: Any,
     ) -> Engine | Connection:
-        return self._reader_bind()
+        return self._reader_for(mapper, clause, database).bind(self._ping)
 
     def _execute_internal(self, statement: Any, *args: Any, **kwargs: Any) -> Any:
         """Refuse a write, or an explicit bind, before anything is sent; then run it."""
@@ -373,7 +462,7 @@ class ReadSession(_ReplicaReads):
             or classify(statement) is Kind.WRITE
         ):
             raise ReadOnlyError(
-                f"{self.multidb_reads.database}: a read session cannot run "
+                f"{_databases(self)}: a read session cannot run "
                 f"{_describe(statement)}; nothing was sent: run it in a session "
                 "with role='write' or 'auto'"
             )
@@ -384,10 +473,17 @@ class ReadSession(_ReplicaReads):
         return super().connection(bind_arguments, execution_options)
 
 
+def _databases(session: _ReplicaReads) -> str:
+    """The database(s) a session serves, for messages."""
+    if session.multidb_reads is not None:
+        return session.multidb_reads.database
+    return ", ".join(session._sources) or "no database"
+
+
 def _refuse_bind(session: ReadSession, bind_arguments: Any) -> None:
     if bind_arguments and bind_arguments.get("bind") is not None:
         raise ReadOnlyError(
-            f"{session.multidb_reads.database}: a read session chooses its own engine; "
+            f"{_databases(session)}: a read session chooses its own engine; "
             "an explicit bind would bypass its read-only setup, nothing was sent: use "
             "dbs.session(ENGINE_NAME, role='read') to read from one engine"
         )
@@ -398,7 +494,7 @@ def _refuse_flush(session: Session, flush_context: _UOWTransaction, instances: A
     if session.new or session.deleted or any(session.is_modified(o) for o in session.dirty):
         assert isinstance(session, ReadSession)
         raise ReadOnlyError(
-            f"{session.multidb_reads.database}: a read session cannot flush changes "
+            f"{_databases(session)}: a read session cannot flush changes "
             f"({len(session.new)} new, {len(session.dirty)} changed, {len(session.deleted)} "
             "deleted); nothing was sent: make them in a session with role='write' or 'auto'"
         )
@@ -410,8 +506,10 @@ def _read_only_on_primary(
 ) -> None:
     assert isinstance(session, ReadSession)
     # Replica connections are read-only from the moment they connect.
-    if session.reader == session.multidb_reads.primary:
-        begin_read_only(connection)
+    for reader in session._all_readers():
+        on_primary = reader.name == reader.source.primary and reader.connection is not None
+        if on_primary and reader.connection.engine is connection.engine:  # type: ignore[union-attr]
+            begin_read_only(connection)
 
 
 class AutoSession(_ReplicaReads):
@@ -423,13 +521,14 @@ class AutoSession(_ReplicaReads):
         *,
         clause: Any = None,
         bind: Any = None,
+        database: str | None = None,
         multidb_kind: Kind | None = None,
         **kwargs: Any,
     ) -> Engine | Connection:
         """The engine for one statement, by the first rule that applies:
 
-        1. once the session has sent anything to the primary: the primary,
-           until the session closes (commits included);
+        1. once the session has sent anything to the database's primary: that
+           primary, until the session closes (commits included);
         2. ``execution_options(multidb_role="read" | "write")`` on the
            statement or the ``execute()`` call: a replica, or the primary;
         3. no statement (a flush, ``Session.connection()``): the primary;
@@ -437,14 +536,18 @@ class AutoSession(_ReplicaReads):
            session's replica (see :meth:`ReadSource.pick`; a database without
            replicas reads from its primary);
         5. anything else: the primary.
+
+        A session of several databases (``dbs.session(None, role="auto")``)
+        first finds the statement's database, and applies the rules per database.
         """
-        source = self.multidb_reads
-        if not self.on_primary:
+        reader = self._reader_for(mapper, clause, database)
+        source = reader.source
+        if not reader.on_primary:
             if multidb_kind is None:
                 multidb_kind = Kind.WRITE if clause is None else classify(clause)
             if multidb_kind is Kind.READ:
-                return self._reader_bind()
-            self.on_primary = True
+                return reader.bind(self._ping)
+            reader.on_primary = True
             log.debug(
                 "%s: %s -> %s (auto: first statement that is not a read)",
                 source.database,
@@ -455,7 +558,7 @@ class AutoSession(_ReplicaReads):
 
     def _execute_internal(self, statement: Any, *args: Any, **kwargs: Any) -> Any:
         """Classify the statement (rule 2's option, else what it is) for :meth:`get_bind`."""
-        if not self.on_primary:
+        if self._single is None or not self._single.on_primary:
             role = _role_option(statement, kwargs.get("execution_options"))
             kind = (
                 Kind.READ
@@ -469,6 +572,28 @@ class AutoSession(_ReplicaReads):
                 "multidb_kind": kind,
             }
         return super()._execute_internal(statement, *args, **kwargs)
+
+
+class RoutedSession(_ReplicaReads):
+    """A write session of several databases: each statement on its database's primary.
+
+    ``dbs.session(None, role="write")``: the database comes from
+    ``bind_arguments={"database": NAME}``, else the registry's routes
+    (:meth:`~multidb.Registry.route`). A commit commits each primary in turn,
+    or two-phase with ``twophase=True`` in the databases' ``session:`` options.
+    """
+
+    def get_bind(
+        self,
+        mapper: Any = None,
+        *,
+        clause: Any = None,
+        bind: Any = None,
+        database: str | None = None,
+        **kwargs: Any,
+    ) -> Engine | Connection:
+        source = self._reader_for(mapper, clause, database).source
+        return source.engine(source.primary)  # type: ignore[no-any-return]
 
 
 def _role_option(statement: Any, execution_options: Any) -> Any:

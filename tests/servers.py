@@ -27,7 +27,9 @@ replicas=1)`` return a cluster with ``primary``, ``replicas`` (PostgreSQL also
 ``query(sql, params, admin=True)``, ``connect(admin=True)``, ``stop(crash=True)``,
 ``start()``, ``is_running()``; replicas also ``pause_replay()``, ``resume_replay()``,
 ``replay_paused`` and ``apply_delay(seconds)`` (a context manager: real apply lag via
-``recovery_min_apply_delay`` / ``MASTER_DELAY``). ``wait_until(predicate, timeout)``
+``recovery_min_apply_delay`` / ``MASTER_DELAY``). ``frozen()`` (every server) is a
+context manager that SIGSTOPs all the server's processes, a hung server whose kernel
+still accepts and acknowledges TCP, and SIGCONTs them on exit. ``wait_until(predicate, timeout)``
 replaces sleeps in tests; ``*_binaries_missing()`` say why servers cannot run here
 (None when they can).
 """
@@ -156,6 +158,44 @@ def _port_accepts(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.5)
         return sock.connect_ex((HOST, port)) == 0
+
+
+def _process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants (from /proc), parents before children."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    tree, queue = [], [pid]
+    while queue:
+        current = queue.pop(0)
+        tree.append(current)
+        queue += children.get(current, [])
+    return tree
+
+
+@contextlib.contextmanager
+def _frozen(pid: int | None, name: str) -> Iterator[None]:
+    """SIGSTOP ``pid`` and its descendants (parent first: it forks no more), SIGCONT on exit."""
+    if pid is None:
+        raise RuntimeError(f"{name} is not running")
+    stopped: list[int] = []
+    try:
+        for process in _process_tree(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process, signal.SIGSTOP)
+                stopped.append(process)
+        yield
+    finally:
+        for process in reversed(stopped):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process, signal.SIGCONT)
 
 
 def _tail(path: Path, lines: int = 30) -> str:
@@ -625,6 +665,10 @@ class PostgresServer:
         """Remove a private socket dir (if one was needed)."""
         if self._private_socket_dir:
             shutil.rmtree(self.socket_dir, ignore_errors=True)
+
+    def frozen(self) -> contextlib.AbstractContextManager[None]:
+        """SIGSTOP the postmaster and every backend inside the block: a hung server."""
+        return _frozen(self._postmaster_pid() if self.is_running() else None, self.name)
 
     # -- standby controls
 
@@ -1105,6 +1149,10 @@ class MariaDBServer:
         """Remove a private socket dir (if one was needed)."""
         if self._private_socket_dir:
             shutil.rmtree(self.socket_path.parent, ignore_errors=True)
+
+    def frozen(self) -> contextlib.AbstractContextManager[None]:
+        """SIGSTOP mariadbd (every thread) inside the block: a hung server."""
+        return _frozen(self.pid if self.is_running() else None, self.name)
 
     def _create_accounts(self) -> None:
         """Local, unlogged setup: root over TCP, app and repl users, database ``app``."""

@@ -7,12 +7,14 @@ that reached one would also fail in SQLite itself.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from servers import wait_until
 from sqlalchemy import ForeignKey, String, delete, event, func, insert, select, text, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, scoped_session
 from sqlalchemy.sql.schema import Table
@@ -415,13 +417,19 @@ def test_dead_replica_costs_no_failed_read(tmp_path: Path) -> None:
     assert stats["main.a"].error_ejections == 1  # left out after its first failure
 
 
-def test_dead_replica_comes_back_after_cooldown(tmp_path: Path) -> None:
-    with build(dead_replica_config(tmp_path, cooldown_seconds=0)) as registry:
-        for _ in range(3):
-            with registry.session("main", role="read") as s:
-                s.scalar(select(User.name))
-        # with no cooldown it is tried (and fails) again; with 60 s it is tried once
-        assert registry.stats()["main.a"].error_ejections > 1
+def test_dead_replica_comes_back_once_its_probe_gets_an_answer(tmp_path: Path) -> None:
+    config = dead_replica_config(tmp_path, cooldown_seconds=0, check_interval_seconds=0.05)
+    with build(config) as registry:
+        seen = Seen(registry)
+        with registry.session("main", role="read") as s:
+            s.scalar(select(User.name))
+        assert seen.engines() == ["main.b"]
+        assert not registry.stats()["main.a"].in_rotation
+        sqlite3.connect(tmp_path / "missing.db").close()  # the replica's file appears
+        wait_until(lambda: registry.stats()["main.a"].in_rotation, timeout=5)
+        with registry.session("main", role="read") as s:
+            s.scalar(text("SELECT 1"))
+        assert seen.engines()[-1] == "main.a"
 
 
 def test_all_replicas_dead_falls_back_to_the_primary(tmp_path: Path) -> None:
