@@ -79,7 +79,9 @@ def test_pinned_private_method_generate_cache_key_is_memoized() -> None:
     key = statement._generate_cache_key()
     assert key is not None
     assert statement._generate_cache_key() is key
-    assert hash(key.key) == hash(select(t).where(t.c.id == 2)._generate_cache_key().key)
+    other = select(t).where(t.c.id == 2)._generate_cache_key()
+    assert other is not None
+    assert hash(key.key) == hash(other.key)
 
 
 def test_selects_that_write_are_writes() -> None:
