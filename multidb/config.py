@@ -289,6 +289,21 @@ def _user_info_span(text: str) -> tuple[int, int]:
     return (start, at) if at >= 0 else (0, 0)
 
 
+def _query_span(text: str) -> tuple[int, int]:
+    """Where the query string of a URL string lies (values there are URL-quoted too)."""
+    if re.match(r"[A-Za-z][A-Za-z0-9+._-]*://", text) is None:
+        return (0, 0)
+    depth = 0
+    for i, char in enumerate(text):
+        if text.startswith("${", i):
+            depth += 1
+        elif char == "}" and depth:
+            depth -= 1
+        elif char == "?" and not depth:
+            return (i + 1, len(text))
+    return (0, 0)
+
+
 def _query_secrets_to_connect_args(
     url: URL, options: _Options, path: KeyPath
 ) -> tuple[URL, _Options]:
@@ -411,6 +426,7 @@ class _Builder:
         parts: list[str] = []
         start = 0
         user_info = _user_info_span(text)
+        query = _query_span(text)
         while (dollar := text.find("$", start)) >= 0:
             parts.append(text[start:dollar])
             following = text[dollar + 1 : dollar + 2]
@@ -443,7 +459,7 @@ class _Builder:
                     f"environment variable {name} is not set"
                     f" (use ${{{name}:-default}} for a default)",
                 )
-            if user_info[0] <= dollar < user_info[1]:
+            if user_info[0] <= dollar < user_info[1] or query[0] <= dollar < query[1]:
                 # A user name or password may hold '@', ':', '/', '%', '#': keep the URL whole.
                 value = quote(value, safe="")
             parts.append(value)
