@@ -351,6 +351,8 @@ class _Builder:
         while position is None and parent and self.source is not None:
             parent = parent[:-1]
             position = self.document.values.get(parent)
+        # Whatever a message quotes, a URL's password in it is masked.
+        problem = re.sub(r"(://[^:/?#@\s']*:)[^\s']*@", r"\1***@", problem)
         return ConfigError(
             problem,
             source=self.source,
