@@ -352,7 +352,7 @@ class _Builder:
             parent = parent[:-1]
             position = self.document.values.get(parent)
         # Whatever a message quotes, a URL's password in it is masked.
-        problem = re.sub(r"(://[^:/?#@\s']*:)[^\s']*@", r"\1***@", problem)
+        problem = re.sub(r"(://[^:/?#@\s']*:)(?!password@)[^\s']*@", r"\1***@", problem)
         return ConfigError(
             problem,
             source=self.source,
