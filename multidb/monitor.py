@@ -110,12 +110,14 @@ class Prober:
         self._in_flight: dict[str, _Slot] = {}
         self._histories: dict[str, _History] = {}
 
-    def round(self, database: DatabaseConfig, timeout: float) -> list[Answer]:
+    def round(
+        self, database: DatabaseConfig, timeout: float, stop: threading.Event | None = None
+    ) -> list[Answer]:
         """Probe the primary and every replica of ``database`` at once, waiting up to ``timeout``.
 
         An engine that gives no answer in time is an answer with ``answered``
         false; its probe keeps running, and until it ends the engine is not
-        probed again.
+        probed again. Setting ``stop`` ends the wait early.
         """
         deadline = time.monotonic() + timeout
         primary = self._start(database.primary, lambda: self._primary(database))
@@ -126,7 +128,7 @@ class Prober:
             )
         answers = []
         for engine_config, slot in zip(database.engines, slots, strict=True):
-            slot.done.wait(max(0.0, deadline - time.monotonic()))
+            _wait(slot.done, deadline, stop)
             answer = slot.answer
             if answer is None:
                 waited = time.monotonic() - slot.started
@@ -284,7 +286,7 @@ class HealthMonitor:
             thread.start()
 
     def stop(self) -> None:
-        """Stop probing; waits for each round in progress (at most its timeout)."""
+        """Stop probing; a round in progress stops waiting for hung servers."""
         self._stop.set()
         for thread in self._threads:
             if thread.is_alive() and thread is not threading.current_thread():
@@ -295,7 +297,7 @@ class HealthMonitor:
         first = True
         while not self._stop.is_set():
             started = time.monotonic()
-            answers = self._prober.round(database, routing.connect_timeout_seconds)
+            answers = self._prober.round(database, routing.connect_timeout_seconds, self._stop)
             if self._stop.is_set():
                 return
             report(router, answers[1:], self._on_hung)
@@ -323,6 +325,15 @@ def report(
         else:
             applied = None if answer.state is None else answer.state.applied
             router.report_lag(answer.name, answer.lag, applied, measured_at=answer.measured_at)
+
+
+def _wait(done: threading.Event, deadline: float, stop: threading.Event | None) -> None:
+    """Wait for ``done`` until ``deadline``, or until ``stop`` is set."""
+    while not done.is_set():
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or (stop is not None and stop.is_set()):
+            return
+        done.wait(remaining if stop is None else min(remaining, 0.05))
 
 
 def _one_line(error: BaseException) -> str:

@@ -27,7 +27,7 @@ from typing import Any, Literal, TypeVar, cast
 from sqlalchemy import create_engine, orm
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import QueuePool
 
 from . import causal as _causal
 from . import config as _config
@@ -508,10 +508,12 @@ class Registry:
                 )
 
     def _probe_engine(self, name: str) -> Engine:
-        """The engine the monitor probes ``name`` with: a fresh connection each time.
+        """The engine the monitor probes ``name`` with: one connection of its own.
 
-        Its own connections, so that a busy or exhausted application pool
-        never delays a probe, and a hung probe never holds a pooled connection.
+        Its own, so that a busy or exhausted application pool never delays a
+        probe and a hung probe holds no application connection; checked
+        before each use (``pool_pre_ping``), so a restarted server costs no
+        failed probe.
         """
         engine = self._probe_engines.get(name)
         if engine is not None:
@@ -525,7 +527,15 @@ class Registry:
                     for k, v in with_connect_timeout(engine_config, self._timeout(name)).items()
                     if k not in _POOL_OPTIONS
                 }
-                engine = create_engine(engine_config.url, poolclass=NullPool, **options)
+                engine = create_engine(
+                    engine_config.url,
+                    poolclass=QueuePool,
+                    pool_size=1,
+                    max_overflow=0,
+                    pool_pre_ping=True,
+                    pool_timeout=self._timeout(name),
+                    **options,
+                )
                 install_handshake_timeout(engine, self._timeout(name))
                 self._probe_engines[name] = engine
         return engine

@@ -365,7 +365,7 @@ def test_32_concurrent_first_reads_all_use_replicas(backend: Backend) -> None:
         for t in threads:
             t.join(timeout=30)
     print(f"{backend.kind}: 32 concurrent first reads: {dict(Counter(served))}, {errors}")
-    assert not any(isinstance(e, NoReplicaAvailableError) for e in errors)
+    assert not any(isinstance(e, NoReplicaAvailableError) for e in errors), errors
     assert errors == []
     assert len(served) == 32
     assert set(served) <= set(backend.replicas)
