@@ -58,10 +58,11 @@ _TRANSACTION_READ_ONLY = {
 # One query that drops what a read session may have left, and says whether the
 # connection is still in the read-only state it should be in (False: discard it).
 _RESET = {
-    ("postgresql", "replica"): "SELECT pg_advisory_unlock_all() IS NULL"
-    " AND current_setting('default_transaction_read_only') = 'on'",
-    ("postgresql", "primary"): "SELECT pg_advisory_unlock_all() IS NULL"
-    " AND setting = reset_val FROM pg_settings WHERE name = 'default_transaction_read_only'",
+    ("postgresql", "replica"): "SELECT current_setting('default_transaction_read_only') = 'on'"
+    " FROM (SELECT pg_advisory_unlock_all()) AS unlocked",
+    ("postgresql", "primary"): "SELECT s.setting = s.reset_val"
+    " FROM (SELECT pg_advisory_unlock_all()) AS unlocked, pg_settings AS s"
+    " WHERE s.name = 'default_transaction_read_only'",
     ("mysql", "replica"): "SELECT RELEASE_ALL_LOCKS() >= 0 AND @@session.{}",
     ("mysql", "primary"): "SELECT RELEASE_ALL_LOCKS() >= 0 AND NOT @@session.{}",
 }

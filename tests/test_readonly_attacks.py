@@ -561,3 +561,28 @@ def test_no_write_attempt_writes_through_a_read_session(scenario: Scenario) -> N
     assert writes == []
     for index in range(len(attacks)):
         assert scenario.count(f"control-{index}") == 1
+
+
+@pytest.mark.parametrize(
+    ("kind", "pid_sql"),
+    [
+        pytest.param("pg", "SELECT pg_backend_pid()", marks=pytest.mark.postgresql),
+        pytest.param("maria", "SELECT CONNECTION_ID()", marks=pytest.mark.mariadb),
+    ],
+)
+@pytest.mark.parametrize("name", ["db", "db.primary"])
+def test_reset_after_an_unknown_function_keeps_the_connection(
+    kind: str, pid_sql: str, name: str, request: pytest.FixtureRequest
+) -> None:
+    """One round trip releases what a function may have locked; the connection stays pooled."""
+    cluster = request.getfixturevalue("pg_cluster" if kind == "pg" else "mariadb_cluster")
+    database = {
+        "primary": _pool(cluster.primary.url()),
+        "replicas": {"r": _pool(cluster.replicas[0].url())},
+    }
+    with Registry.from_dict({"databases": {"db": database}}) as dbs:
+        pids = []
+        for _ in range(3):
+            with dbs.session(name, role="read") as s:
+                pids.append(s.execute(text(pid_sql)).scalar())  # an unknown function: reset
+        assert len(set(pids)) == 1
