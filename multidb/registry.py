@@ -22,7 +22,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 from sqlalchemy import create_engine, orm
 from sqlalchemy.engine import Engine
@@ -42,6 +42,10 @@ from .router import EngineStats, Router
 from .routes import DatabaseRouter, RouteTable
 from .sessions import AutoSession, ReadSession, ReadSource, RoutedSession
 from .timeouts import install_handshake_timeout, with_connect_timeout
+
+if TYPE_CHECKING:
+    from .explain import Explanation
+    from .testing import Testing
 
 __all__ = ["EngineStatus", "Registry", "load"]
 
@@ -408,6 +412,32 @@ class Registry:
             multidb_routes=self._database_router,
             **options,
         )
+
+    # -- explain (SPEC 2) -----------------------------------------------------
+
+    def explain(
+        self, name: str | None, statement: Any = None, *, role: Role | None = None
+    ) -> Explanation:
+        """Where a session of ``name`` and ``role`` would send ``statement`` now, and why.
+
+        Sends nothing, opens no connection, and neither counts nor moves the
+        router's choice on (see :mod:`multidb.explain` for the rules)::
+
+            dbs.explain("main", select(User), role="read")
+            # Explanation(engine='main.a', reason='SmoothWeightedRoundRobin among main.a')
+        """
+        from .explain import explain
+
+        return explain(self, name, statement, role)
+
+    # -- testing (SPEC 8) -----------------------------------------------------
+
+    @property
+    def testing(self) -> Testing:
+        """Test helpers: ``record()``, ``lag(name, seconds)``, ``mirror()`` (multidb.testing)."""
+        from .testing import Testing
+
+        return Testing(self)
 
     # -- causal scopes --------------------------------------------------------
 
