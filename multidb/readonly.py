@@ -107,7 +107,9 @@ def install_primary(engine: Engine, name: str) -> None:
         # The flag sits in the pool's record of the DBAPI connection, out of reach of
         # execution options: a read session cannot talk its way out of it.
         info = _info(context.root_connection)
-        if info is not None and info.get(_FLAG):
+        # The execution option can switch the guard on (multidb.testing's shared connections),
+        # never off.
+        if info is not None and (info.get(_FLAG) or context.execution_options.get(_FLAG) is True):
             _check(name, dialect, statement, context, info)
 
     _guard(engine, _refuse)
@@ -199,12 +201,19 @@ def _info(connection: Any) -> dict[str, Any] | None:
 
 def begin_read_only(connection: Connection) -> None:
     """Put the transaction ``connection`` has just begun on a primary in read-only mode."""
-    # The option tells positions.py this transaction writes nothing; the guard
-    # itself reads the flag set below, which execution options cannot change.
+    # The option tells positions.py (and multidb.testing) this transaction writes nothing;
+    # the guard itself reads the flag set below, which execution options cannot change.
     connection.execution_options(**{_FLAG: True})  # in place, for this Connection only
+    if getattr(connection, "multidb_mirror", False):
+        return  # testing.mirror()'s shared connection: the flag above is all it takes
     sql = _TRANSACTION_READ_ONLY.get(connection.dialect.name)
     if sql is not None:
-        connection.exec_driver_sql(sql)
+        # Straight to the driver: the guard, already on through the option, would refuse it.
+        cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute(sql)
+        finally:
+            cursor.close()
     connection.info[_FLAG] = True  # from now on, only reads; cleared when it is checked in
 
 
