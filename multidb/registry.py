@@ -22,7 +22,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 from sqlalchemy import create_engine, orm
 from sqlalchemy.engine import Engine
@@ -42,6 +42,9 @@ from .router import EngineStats, Router
 from .routes import DatabaseRouter, RouteTable
 from .sessions import AutoSession, ReadSession, ReadSource, RoutedSession
 from .timeouts import install_handshake_timeout, with_connect_timeout
+
+if TYPE_CHECKING:
+    from .testing import Testing
 
 __all__ = ["EngineStatus", "Registry", "load"]
 
@@ -408,6 +411,15 @@ class Registry:
             multidb_routes=self._database_router,
             **options,
         )
+
+    # -- testing (SPEC 8) -----------------------------------------------------
+
+    @property
+    def testing(self) -> Testing:
+        """Test helpers: ``record()``, ``lag(name, seconds)``, ``mirror()`` (multidb.testing)."""
+        from .testing import Testing
+
+        return Testing(self)
 
     # -- causal scopes --------------------------------------------------------
 

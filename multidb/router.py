@@ -175,6 +175,8 @@ class Router:
         self._fallbacks = 0
         self._causal_fallbacks = 0
         self._sessions: dict[str, int] = dict.fromkeys((database.primary.name, *self._replicas), 0)
+        # dbs.testing.lag(): replica -> (its constant lag, (lag, fresh_as_of) before forcing)
+        self._forced: dict[str, tuple[float | None, tuple[float | None, float | None]]] = {}
 
     @property
     def replica_names(self) -> tuple[str, ...]:
@@ -187,7 +189,8 @@ class Router:
         limit = self.max_lag_seconds
         if limit is None:
             return True
-        lag_ok = replica.fresh_as_of is not None and now - replica.fresh_as_of <= limit
+        fresh = self._fresh(replica, now)
+        lag_ok = fresh is not None and now - fresh <= limit
         if lag_ok != replica.lag_ok:
             replica.lag_ok = lag_ok
             if not lag_ok:
@@ -195,13 +198,21 @@ class Router:
             events.append(self._lag_event(replica, now))
         return lag_ok
 
+    def _fresh(self, replica: _Replica, now: float) -> float | None:
+        """``fresh_as_of``; for a lag forced by ``dbs.testing.lag()``, ``now`` minus it."""
+        if replica.name in self._forced:
+            lag = self._forced[replica.name][0]
+            return None if lag is None else now - lag
+        return replica.fresh_as_of
+
     def _lag_event(self, replica: _Replica, now: float) -> str:
         if replica.lag_ok:
             return f"{replica.name} back in rotation: lag {replica.lag or 0.0:.2f}s"
-        if replica.fresh_as_of is None:
+        fresh = self._fresh(replica, now)
+        if fresh is None:
             why = "lag unknown or replication stopped"
         else:
-            why = f"lag up to {now - replica.fresh_as_of:.2f}s"
+            why = f"lag up to {now - fresh:.2f}s"
         return f"{replica.name} left out: {why} (max {self.max_lag_seconds}s)"
 
     def _log_lag_events(self, events: list[str]) -> None:
@@ -256,10 +267,8 @@ class Router:
                 elif not r.answering:
                     reasons.append(f"{r.name} does not answer its health probe")
                 elif not self._usable(r, now, []):
-                    if r.fresh_as_of is None:
-                        lag = "unknown"
-                    else:
-                        lag = f"up to {now - r.fresh_as_of:.1f}s"
+                    fresh = self._fresh(r, now)
+                    lag = "unknown" if fresh is None else f"up to {now - fresh:.1f}s"
                     reasons.append(f"{r.name} lag {lag} (max {self.max_lag_seconds}s)")
                 else:
                     reasons.append(f"{r.name} already failed in this session")
@@ -343,9 +352,10 @@ class Router:
         with self._lock:
             replica = self._replicas[name]
             was_answering, replica.answering = replica.answering, True
-            replica.lag = lag
             replica.lag_probes += 1
-            replica.fresh_as_of = None if lag is None else at - max(lag, 0.0)
+            if name not in self._forced:
+                replica.lag = lag
+                replica.fresh_as_of = None if lag is None else at - max(lag, 0.0)
             if applied is not None:
                 replica.applied = applied
             self._usable(replica, now, events)
@@ -353,6 +363,31 @@ class Router:
             log.warning("%s: replica %s answers again", self.database, name)
         if events:
             self._log_lag_events(events)
+
+    def force_lag(self, name: str, lag: float | None) -> None:
+        """Treat replica ``name`` as ``lag`` seconds behind (None: unknown) until released.
+
+        The hook behind ``dbs.testing.lag()``: the lag stays what was forced,
+        however old, and probes do not change it (they still count).
+        """
+        now = self._clock()
+        events: list[str] = []
+        with self._lock:
+            replica = self._replicas[name]
+            before = self._forced.get(name, (None, (replica.lag, replica.fresh_as_of)))[1]
+            self._forced[name] = (lag, before)
+            replica.lag = lag
+            self._usable(replica, now, events)
+        if events:
+            self._log_lag_events(events)
+
+    def release_lag(self, name: str) -> None:
+        """Undo :meth:`force_lag`: the lag measured before it counts again, until the next probe."""
+        with self._lock:
+            forced = self._forced.pop(name, None)
+            if forced is not None:
+                replica = self._replicas[name]
+                replica.lag, replica.fresh_as_of = forced[1]
 
     def lag(self, name: str) -> float | None:
         """The last measured lag of replica ``name``, None when unknown."""

@@ -25,6 +25,7 @@ import webapps
 from servers import PostgresCluster
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.testclient import TestClient
@@ -308,3 +309,26 @@ def test_the_middlewares_import_no_framework() -> None:
         "assert not loaded, loaded\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_a_plain_yield_dependency_answers_201_for_a_commit_that_fails(sqlite_dbs: Registry) -> None:
+    """Why multidb.fastapi.session is function-scoped: FastAPI's default runs the commit
+    after the response was sent. If this starts failing, FastAPI changed that default."""
+    import fastapi
+
+    def plain() -> Iterator[Session]:
+        with sqlite_dbs.session("main", role="write") as s:
+            yield s
+
+    app = fastapi.FastAPI()
+
+    @app.post("/duplicate", status_code=201)
+    def duplicate(s: Session = fastapi.Depends(plain)) -> None:  # noqa: B008
+        s.add(webapps.Item(id=1, marker="dup"))
+
+    with sqlite_dbs.session("main", role="write") as s:
+        s.add(webapps.Item(id=1, marker="first"))
+    client = TestClient(app, raise_server_exceptions=False)
+    assert client.post("/duplicate").status_code == 201  # and nothing was saved
+    with sqlite_dbs.session("main", role="write") as s:
+        assert s.query(webapps.Item).filter_by(marker="dup").count() == 0
