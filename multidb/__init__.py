@@ -15,6 +15,7 @@ from .errors import (
     RoutingError,
     UnknownNameError,
 )
+from .explain import Explanation
 from .registry import EngineStatus, Registry, load
 from .router import EngineStats
 from .routes import DatabaseRouter
@@ -27,6 +28,7 @@ __all__ = [
     "DatabaseRouter",
     "EngineStats",
     "EngineStatus",
+    "Explanation",
     "MultiDBError",
     "NoReplicaAvailableError",
     "ReadOnlyError",

@@ -129,12 +129,19 @@ class _Worker:
 class Prober:
     """Probes engines, each on a daemon thread of its own: at most one probe in flight per engine.
 
-    ``engine`` gives the Engine a probe connects with. :meth:`close` ends the
-    threads (a hung one when its probe returns).
+    ``engine`` gives the Engine a probe connects with; ``call(name, work)``, when
+    given, runs each probe's work (multidb.aio.run_blocking for async-only drivers).
+    :meth:`close` ends the threads (a hung one when its probe returns).
     """
 
-    def __init__(self, engine: Callable[[str], Engine], keep: int = 600) -> None:
+    def __init__(
+        self,
+        engine: Callable[[str], Engine],
+        keep: int = 600,
+        call: Callable[[str, Callable[[], Answer]], Answer] | None = None,
+    ) -> None:
         self._engine = engine
+        self._call = call
         self._keep = keep
         self._lock = threading.Lock()
         self._in_flight: dict[str, _Slot] = {}
@@ -197,7 +204,8 @@ class Prober:
             worker = self._workers.get(name)
             if worker is None:
                 worker = self._workers[name] = _Worker(name)
-        worker.submit(slot, work)
+        call = self._call
+        worker.submit(slot, work if call is None else lambda: call(name, work))
         return slot
 
     def _history(self, database: DatabaseConfig, dialect: str) -> _History:
@@ -288,10 +296,11 @@ class HealthMonitor:
         watched: Sequence[tuple[DatabaseConfig, Router]],
         engine: Callable[[str], Engine],
         on_hung: Callable[[str], None] = lambda name: None,
+        call: Callable[[str, Callable[[], Answer]], Answer] | None = None,
     ) -> None:
         self._watched = tuple(watched)
         self._on_hung = on_hung
-        self._prober = Prober(engine)
+        self._prober = Prober(engine, call=call)
         self._stop = threading.Event()
         self._pending = len(self._watched)
         self._lock = threading.Lock()

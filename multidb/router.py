@@ -15,6 +15,7 @@ The choice among usable replicas is a :class:`ReplicaPolicy`;
 
 from __future__ import annotations
 
+import copy
 import logging
 import random
 import threading
@@ -253,6 +254,25 @@ class Router:
                 ", ".join(r.name for r in usable),
             )
         return chosen.name
+
+    def peek(self, exclude: Collection[str] = ()) -> tuple[str, str] | None:
+        """What :meth:`choose` would answer now, and why, without counting or moving on.
+
+        For ``dbs.explain()``: ``(replica, "POLICY among A, B")``, or None.
+        """
+        now = self._clock()
+        with self._lock:
+            usable = [
+                r
+                for r in self._replicas.values()
+                if self._usable(r, now, []) and r.name not in exclude
+            ]
+            if not usable:
+                return None
+            policy = copy.deepcopy(self._policy)  # the real one must not move on
+            picked = usable[0] if len(usable) == 1 else policy.choose(usable)
+        among = ", ".join(r.name for r in usable)
+        return picked.name, f"{type(self._policy).__name__} among {among}"
 
     def why_none(self) -> str:
         """One line saying why :meth:`choose` found no usable replica."""

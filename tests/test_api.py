@@ -30,6 +30,7 @@ PUBLIC_NAMES = {
     "DatabaseRouter",
     "EngineStats",
     "EngineStatus",
+    "Explanation",
     "MultiDBError",
     "NoReplicaAvailableError",
     "ReadOnlyError",
