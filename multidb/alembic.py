@@ -50,6 +50,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .config import load
+from .drivers import modes
 from .errors import ConfigError, RoutingError, UnknownNameError
 from .probes import probe
 from .registry import Registry
@@ -113,13 +114,13 @@ def _metadata(target: MetaData | Mapping[str, MetaData] | None, name: str) -> Me
 
 def _run(dbs: Registry, name: str, step: Any, *args: Any) -> None:
     """Run ``step(connection, engine_name, *args)`` on a connection to ``name``'s primary."""
-    engine_name = dbs.config.databases[name].primary.name
-    engine = dbs.engine(engine_name)
-    if not engine.dialect.is_async:
-        with engine.connect() as connection:
+    primary = dbs.config.databases[name].primary
+    engine_name = primary.name
+    if "sync" in modes(primary.url):  # psycopg 3 serves both: the sync engine will do
+        with dbs.engine(engine_name).connect() as connection:
             step(connection, engine_name, *args)
         return
-    asyncio.run(_run_async(AsyncEngine(engine), step, engine_name, *args))
+    asyncio.run(_run_async(dbs.async_engine(engine_name), step, engine_name, *args))
 
 
 async def _run_async(engine: AsyncEngine, step: Any, *args: Any) -> None:

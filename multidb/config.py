@@ -12,6 +12,7 @@ No connection is opened::
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import math
 import os
@@ -30,6 +31,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.util import get_cls_kwargs
 
 from multidb._yaml import Document, KeyPath, dotted, parse
+from multidb.drivers import Mode, instead, modes
 from multidb.errors import ConfigError, closest
 
 __all__ = [
@@ -199,6 +201,14 @@ _EXTRAS = {
     ("postgresql", "psycopg2"): "'multidb[postgresql]'",
     ("mysql", "pymysql"): "'multidb[mysql]'",
     ("mariadb", "pymysql"): "'multidb[mysql]'",
+    # asyncio drivers (SPEC section 5); psycopg 3 serves sync and async.
+    ("postgresql", "psycopg"): "'multidb[psycopg]'",
+    ("postgresql", "asyncpg"): "'multidb[asyncpg]'",
+    ("mysql", "aiomysql"): "'multidb[aiomysql]'",
+    ("mariadb", "aiomysql"): "'multidb[aiomysql]'",
+    ("mysql", "asyncmy"): "'multidb[asyncmy]'",
+    ("mariadb", "asyncmy"): "'multidb[asyncmy]'",
+    ("sqlite", "aiosqlite"): "'multidb[aiosqlite]'",
 }
 _PIP_NAMES = {
     "MySQLdb": "mysqlclient",
@@ -332,7 +342,27 @@ class _Builder:
         else:
             primary = self.engine((*path, "primary"), name, "primary", spec["primary"], shared)
             replicas = self.replicas((*path, "replicas"), name, spec.get("replicas"), shared)
+            self.same_mode((*path, "replicas"), primary, replicas, spec.get("replicas"))
         return DatabaseConfig(name, primary, replicas, session, routing)
+
+    def same_mode(
+        self, path: KeyPath, primary: EngineConfig, replicas: tuple[EngineConfig, ...], value: Any
+    ) -> None:
+        """A database's engines must share sync or async code: no session could use them all."""
+        shared = modes(primary.url)
+        for index, replica in enumerate(replicas):
+            common = shared & modes(replica.url)
+            if not common:
+                key = index if isinstance(value, list) else replica.name.partition(".")[2]
+                have: Mode = "sync" if "sync" in shared else "async"
+                lacks = "async" if have == "sync" else "sync"
+                raise self.error(
+                    (*path, key),
+                    f"{replica.url.drivername} serves only {lacks} code and the engines before"
+                    f" it ({primary.name} ...) only {have} code: no session can use them all;"
+                    f" write {instead(replica.url, have)} here",
+                )
+            shared = common
 
     def replicas(
         self, path: KeyPath, database: str, value: Any, shared: _Options
@@ -527,6 +557,13 @@ class _Builder:
             if other is not None:
                 problem += f" (or write {other[0]}+{other[1]}:// and pip install {_EXTRAS[other]})"
             raise self.error(path, problem) from exc
+        if dialect.is_async and importlib.util.find_spec("greenlet") is None:
+            extra = _EXTRAS.get((dialect.name, dialect.driver), "greenlet")
+            raise self.error(
+                path,
+                f"driver {dialect.driver!r} is async and SQLAlchemy's asyncio needs greenlet,"
+                f" which is not installed: pip install {extra}",
+            )
         self.dialects[url.drivername] = dialect
         return dialect
 

@@ -17,16 +17,17 @@ scopes and roles.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from fastapi import Depends
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from .config import Role
 from .registry import Registry
 
-__all__ = ["session"]
+__all__ = ["async_session", "session"]
 
 
 def session(dbs: Registry, name: str | None, *, role: Role | None = None) -> Any:
@@ -40,6 +41,16 @@ def session(dbs: Registry, name: str | None, *, role: Role | None = None) -> Any
 
     def dependency() -> Iterator[Session]:
         with dbs.session(name, role=role) as s:
+            yield s
+
+    return Depends(dependency, scope="function")
+
+
+def async_session(dbs: Registry, name: str | None, *, role: Role | None = None) -> Any:
+    """:func:`session` for ``async def`` endpoints: :meth:`Registry.async_session`."""
+
+    async def dependency() -> AsyncIterator[AsyncSession]:
+        async with dbs.async_session(name, role=role) as s:
             yield s
 
     return Depends(dependency, scope="function")

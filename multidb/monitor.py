@@ -100,11 +100,18 @@ class _Slot:
 class Prober:
     """Probes engines on daemon threads: at most one probe in flight per engine.
 
-    ``engine`` gives the Engine a probe connects with.
+    ``engine`` gives the Engine a probe connects with; ``call(name, work)``, when
+    given, runs each probe's work (multidb.aio.run_blocking for async-only drivers).
     """
 
-    def __init__(self, engine: Callable[[str], Engine], keep: int = 600) -> None:
+    def __init__(
+        self,
+        engine: Callable[[str], Engine],
+        keep: int = 600,
+        call: Callable[[str, Callable[[], Answer]], Answer] | None = None,
+    ) -> None:
         self._engine = engine
+        self._call = call
         self._keep = keep
         self._lock = threading.Lock()
         self._in_flight: dict[str, _Slot] = {}
@@ -160,7 +167,7 @@ class Prober:
 
         def run() -> None:
             try:
-                slot.answer = work()
+                slot.answer = work() if self._call is None else self._call(name, work)
             except Exception as exc:  # any failure is the engine's answer
                 slot.answer = Answer(
                     name, False, None, None, None, time.monotonic(), _one_line(exc)
@@ -261,10 +268,11 @@ class HealthMonitor:
         watched: Sequence[tuple[DatabaseConfig, Router]],
         engine: Callable[[str], Engine],
         on_hung: Callable[[str], None] = lambda name: None,
+        call: Callable[[str, Callable[[], Answer]], Answer] | None = None,
     ) -> None:
         self._watched = tuple(watched)
         self._on_hung = on_hung
-        self._prober = Prober(engine)
+        self._prober = Prober(engine, call=call)
         self._stop = threading.Event()
         self._pending = len(self._watched)
         self._lock = threading.Lock()

@@ -14,6 +14,7 @@ time it is used. Every engine gets a connect timeout
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
@@ -26,14 +27,22 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 from sqlalchemy import create_engine, orm
 from sqlalchemy.engine import Engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.orm import Session
-from sqlalchemy.pool import QueuePool
+from sqlalchemy.pool import NullPool, QueuePool
 
+from . import aio
 from . import causal as _causal
 from . import config as _config
 from .causal import CausalScope
 from .config import Config, DatabaseConfig, EngineConfig, Role
 from .cutoff import Connections
+from .drivers import Mode, instead, modes
 from .errors import RoutingError, UnknownNameError
 from .monitor import Answer, HealthMonitor, Prober, report
 from .positions import install_capture
@@ -53,6 +62,7 @@ log = logging.getLogger("multidb.routing")
 
 _ROLES = ("write", "read", "auto")
 _S = TypeVar("_S", bound=Session)
+_T = TypeVar("_T")
 
 # create_engine options of the pool, left out of the probe engines (which pool nothing).
 _POOL_OPTIONS = frozenset(
@@ -70,6 +80,17 @@ _POOL_OPTIONS = frozenset(
         "echo_pool",
     }
 )
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """What a name and role resolve to, for sync and async factories alike."""
+
+    maker: orm.sessionmaker[Session]  # the sync factory (its class and options)
+    engine: str | None  # the engine its sessions are bound to (None: several databases)
+    engines: tuple[str, ...]  # every engine its sessions may use
+    bound: bool  # maker is the engine's own configured class, bound on first use
+    routed: bool  # the router picks replicas: the lag monitor must run
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +117,7 @@ class Registry:
         config: Config,
         *,
         session_class: type[Session] | None = None,
-        async_session_class: type[Any] | None = None,
+        async_session_class: type[AsyncSession] | None = None,
     ) -> None:
         if session_class is not None and not (
             isinstance(session_class, type) and issubclass(session_class, Session)
@@ -135,9 +156,14 @@ class Registry:
         self._routes = RouteTable()
         self._database_router: DatabaseRouter = self._routes
         self._ttls = {n: db.routing.causal_ttl_seconds for n, db in config.databases.items()}
-        self._health_prober = Prober(self.engine)
+        self._health_prober = Prober(self._health_engine, call=self._probe_call)
         # (name, role) -> factory, once resolved: the hot path is one dict lookup.
         self._factories: dict[tuple[str | None, str | None], orm.sessionmaker[Session]] = {}
+        self._aio = aio.AsyncEngines(self, async_session_class)
+        # Engines whose driver serves async code only: sync probes go through run_blocking.
+        self._async_only = frozenset(
+            name for name, e in self._engine_configs.items() if "sync" not in modes(e.url)
+        )
 
     # -- building -------------------------------------------------------------
 
@@ -148,7 +174,7 @@ class Registry:
         *,
         env: Mapping[str, str] | None = None,
         session_class: type[Session] | None = None,
-        async_session_class: type[Any] | None = None,
+        async_session_class: type[AsyncSession] | None = None,
     ) -> Registry:
         """Load and check a YAML config file; raises ConfigError, opens no connection.
 
@@ -169,7 +195,7 @@ class Registry:
         *,
         env: Mapping[str, str] | None = None,
         session_class: type[Session] | None = None,
-        async_session_class: type[Any] | None = None,
+        async_session_class: type[AsyncSession] | None = None,
     ) -> Registry:
         """Check a config given as a mapping; raises ConfigError, opens no connection."""
         return cls(
@@ -251,6 +277,7 @@ class Registry:
         if engine is not None:
             return engine
         name = self._engine_name(name)
+        self._require("sync", name, (name,), "engine")
         with self._lock:
             engine = self._engines.get(name)
             if engine is None:
@@ -264,6 +291,17 @@ class Registry:
         return engine
 
     def _create_engine(self, engine_config: EngineConfig) -> Engine:
+        self._prepare(engine_config)
+        engine = create_engine(engine_config.url, **self._options(engine_config))
+        install_handshake_timeout(engine, self._timeout(engine_config.name))
+        self._install(engine, engine_config)
+        if engine_config.role == "replica":
+            self._connections[engine_config.name] = Connections(engine)
+        return engine
+
+    @staticmethod
+    def _prepare(engine_config: EngineConfig) -> None:
+        """What an engine needs before it is created, sync or async."""
         url = engine_config.url
         # A SQLite primary file may live in a directory that does not exist yet
         # (config/var/ on a fresh clone); URI-mode URLs are left as written.
@@ -273,20 +311,21 @@ class Registry:
             and url.database not in (None, "", ":memory:")
             and not url.query.get("uri")
         ):
-            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(
-            url, **with_connect_timeout(engine_config, self._timeout(engine_config.name))
-        )
-        install_handshake_timeout(engine, self._timeout(engine_config.name))
+            path = Path(url.database)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # An empty file is an empty database; replicas opening it read-only
+            # (mode=ro) then find it, whichever engine connects first.
+            path.touch(exist_ok=True)
+
+    def _install(self, engine: Engine, engine_config: EngineConfig) -> None:
+        """Read-only setup, write guards and position capture; ``engine`` may be a sync_engine."""
         if engine_config.role == "replica":
             install_replica(engine, engine_config.name)
-            self._connections[engine_config.name] = Connections(engine)
         else:
             install_primary(engine, engine_config.name)
             database = self.config.databases[engine_config.database]
             if database.routing.read_your_writes and database.replicas:
                 install_capture(engine, database.name)
-        return engine
 
     def _timeout(self, name: str) -> float:
         database = self.config.databases[self._engine_configs[name].database]
@@ -312,22 +351,36 @@ class Registry:
         return maker
 
     def _resolve(self, name: str | None, role: str | None) -> orm.sessionmaker[Session]:
+        route = self._route(name, role)
+        self._require("sync", name, route.engines, "session")
+        if route.engine is not None:
+            engine = self.engine(route.engine)  # binds the engine's own session class
+            if not route.bound:  # routed sessions' bind: code reading session.bind works
+                route.maker.configure(bind=engine)
+        if route.routed and self._watched:
+            self._start_monitor()  # and wait for its first round, like every caller
+        return route.maker
+
+    def _route(self, name: str | None, role: str | None) -> _Route:
+        """Where sessions of ``name`` and ``role`` go; raises RoutingError, UnknownNameError."""
         if role is not None and role not in _ROLES:
             raise RoutingError(f"unknown role {role!r} for {name!r}: use 'write', 'read' or 'auto'")
-        if name is None:
-            return self._several(role or "write")
+        if name is None:  # every routed model; engines are checked as statements reach them
+            role = role or "write"
+            return _Route(self._several(role), None, (), False, role != "write")
         engine_config = self._engine_configs.get(name)
         if engine_config is None:
             database = self.config.databases.get(name)
             if database is None:
                 raise UnknownNameError(name, [*self.databases, *self.engine_names])
             role = role or database.routing.default_role
+            primary = database.primary.name
             if role == "write":
-                return self._bound(database.primary.name)
-            self.engine(database.primary.name)  # the routed sessions' bind
-            if database.replicas:
-                self._start_monitor()  # and wait for its first round, like every caller
-            return self._routed[name, role]
+                return _Route(self._makers[primary], primary, (primary,), True, False)
+            engines = tuple(e.name for e in database.engines)
+            return _Route(
+                self._routed[name, role], primary, engines, False, bool(database.replicas)
+            )
         # An engine name pins the session to that engine.
         if engine_config.role == "replica":
             if role == "write":
@@ -335,19 +388,30 @@ class Registry:
                     f"{name} is a replica: it cannot take role='write'; "
                     f"use {engine_config.database!r} or {engine_config.database}.primary to write"
                 )
-            return self._bound(name)
+            return _Route(self._makers[name], name, (name,), True, False)
         if role == "read":  # read-only on a primary; _factory keeps it
             database = self.config.databases[engine_config.database]
             maker = self._reads_maker(self._read_class, database, pinned=name)
-            maker.configure(bind=self.engine(name))
-            return maker
-        return self._bound(name)
+            return _Route(maker, name, (name,), False, False)
+        return _Route(self._makers[name], name, (name,), True, False)
 
-    def _bound(self, name: str) -> orm.sessionmaker[Session]:
-        """The configured session class of engine ``name``, bound on first use."""
-        if name not in self._engines:
-            self.engine(name)
-        return self._makers[name]
+    def _require(self, mode: Mode, name: str | None, engines: tuple[str, ...], method: str) -> None:
+        """Raise RoutingError unless every engine's driver serves ``mode`` code."""
+        for engine in engines:
+            url = self._engine_configs[engine].url
+            if mode in modes(url):
+                continue
+            if mode == "sync":
+                raise RoutingError(
+                    f"{engine} uses {url.drivername}, an async-only driver: use"
+                    f" dbs.async_{method}({name!r}) in async code, or write"
+                    f" {instead(url, 'sync')} to serve sync code too"
+                )
+            plain = method.removeprefix("async_")
+            raise RoutingError(
+                f"{engine} uses {url.drivername}, a sync-only driver: use dbs.{plain}({name!r})"
+                f" in sync code, or write {instead(url, 'async')} to serve async code"
+            )
 
     # -- sessions -------------------------------------------------------------
 
@@ -392,11 +456,10 @@ class Registry:
         """
         self._database_router = router
         self._factories = {k: v for k, v in self._factories.items() if k[0] is not None}
+        self._aio.forget(None)
 
     def _several(self, role: str) -> orm.sessionmaker[Session]:
         """A factory of sessions serving every database, routed per statement."""
-        if role != "write" and self._watched:
-            self._start_monitor()  # and wait for its first round, like every caller
         sources = {name: self._source(database) for name, database in self.config.databases.items()}
         options: dict[str, Any] = {}
         for database in self.config.databases.values():  # in file order, later ones win
@@ -466,6 +529,8 @@ class Registry:
         never holds up the others.
         """
         databases = list(self.config.databases.values())
+        for database in databases:  # a SQLite primary's file exists before its replicas look
+            self._prepare(database.primary)
         results: dict[str, list[Answer]] = {}
 
         def run(database: DatabaseConfig) -> None:
@@ -516,7 +581,7 @@ class Registry:
             monitor = self._monitor
             if monitor is None:
                 monitor = self._monitor = HealthMonitor(
-                    self._watched, self._probe_engine, self._cut_off
+                    self._watched, self._probe_engine, self._cut_off, call=self._probe_call
                 )
                 monitor.start()
         # Every caller waits, not only the one that started it: concurrent first
@@ -543,7 +608,8 @@ class Registry:
         Its own, so that a busy or exhausted application pool never delays a
         probe and a hung probe holds no application connection; checked
         before each use (``pool_pre_ping``), so a restarted server costs no
-        failed probe.
+        failed probe. An async-only driver's has no pool (its connections
+        belong to the event loop of one probe, see :meth:`_probe_call`).
         """
         engine = self._probe_engines.get(name)
         if engine is not None:
@@ -552,23 +618,39 @@ class Registry:
         with self._lock:
             engine = self._probe_engines.get(name)
             if engine is None:
+                self._prepare(engine_config)
                 options = {
-                    k: v
-                    for k, v in with_connect_timeout(engine_config, self._timeout(name)).items()
-                    if k not in _POOL_OPTIONS
+                    k: v for k, v in self._options(engine_config).items() if k not in _POOL_OPTIONS
                 }
-                engine = create_engine(
-                    engine_config.url,
-                    poolclass=QueuePool,
-                    pool_size=1,
-                    max_overflow=0,
-                    pool_pre_ping=True,
-                    pool_timeout=self._timeout(name),
-                    **options,
-                )
+                if name in self._async_only:
+                    engine = create_async_engine(
+                        engine_config.url, poolclass=NullPool, **options
+                    ).sync_engine
+                else:
+                    engine = create_engine(
+                        engine_config.url,
+                        poolclass=QueuePool,
+                        pool_size=1,
+                        max_overflow=0,
+                        pool_pre_ping=True,
+                        pool_timeout=self._timeout(name),
+                        **options,
+                    )
                 install_handshake_timeout(engine, self._timeout(name))
                 self._probe_engines[name] = engine
         return engine
+
+    def _health_engine(self, name: str) -> Engine:
+        """The engine health() probes ``name`` with: the application's, or a probe engine."""
+        return self._probe_engine(name) if name in self._async_only else self.engine(name)
+
+    def _probe_call(self, name: str, work: Callable[[], _T]) -> _T:
+        """Run a probe's ``work`` on ``name``: in a private event loop for an async-only driver."""
+        return aio.run_blocking(work) if name in self._async_only else work()
+
+    def _options(self, engine_config: EngineConfig) -> dict[str, Any]:
+        """create_engine() keyword arguments of an engine: its options and a connect timeout."""
+        return with_connect_timeout(engine_config, self._timeout(engine_config.name))
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -583,6 +665,14 @@ class Registry:
             monitor.stop()
         for engine in engines:
             engine.dispose()
+        for name, async_engine in self._aio.take().items():
+            # Its connections belong to an event loop: only async_dispose() can close them.
+            log.warning(
+                "dispose(): AsyncEngine %s dropped without closing its connections;"
+                " use `await dbs.async_dispose()` or `async with dbs`",
+                name,
+            )
+            async_engine.sync_engine.dispose(close=False)
 
     def __enter__(self) -> Registry:
         return self
@@ -594,6 +684,72 @@ class Registry:
         tb: TracebackType | None,
     ) -> None:
         self.dispose()
+
+    # -- asyncio (SPEC section 5; the machinery is in multidb/aio.py) ------------
+
+    def async_engine(self, name: str) -> AsyncEngine:
+        """The AsyncEngine of an engine name; a database name means its primary.
+
+        Created on first use; creating it opens no connection. A sync-only
+        driver's engine raises RoutingError saying what to write instead.
+        """
+        return self._aio.engine(name)
+
+    def async_sessionmaker(
+        self, name: str | None, role: Role | None = None
+    ) -> async_sessionmaker[AsyncSession]:
+        """A factory of AsyncSessions routed exactly as :meth:`sessionmaker`'s sessions are."""
+        if role is None and (name is None or name in self.config.databases):
+            role = _causal.request_role.get()
+        maker, routed = self._aio.factory(name, role)
+        if routed and self._watched and self._monitor is None:
+            self._start_monitor_off_loop()
+        return maker
+
+    def async_session(self, name: str | None, *, role: Role | None = None) -> aio.AsyncSessionScope:
+        """An AsyncSession for an ``async with`` block: commits, rolls back on error, closes.
+
+        Routed exactly as :meth:`session` is (``name`` None included); an
+        unknown name or a role that does not fit raises here, before the block runs.
+        """
+        if role is None and (name is None or name in self.config.databases):
+            role = _causal.request_role.get()
+        maker, routed = self._aio.factory(name, role)
+        ready = None
+        if routed and self._watched and self._monitor is None:
+            ready = self._start_monitor  # waited for in a worker thread, not on the loop
+        return aio.AsyncSessionScope(maker, ready)
+
+    async def async_health(self, *, timeout: float | None = None) -> list[EngineStatus]:
+        """:meth:`health` for async code: the same probes, run off the event loop."""
+        return await asyncio.to_thread(self.health, timeout=timeout)
+
+    async def async_dispose(self) -> None:
+        """Stop the lag monitor and close every pooled connection, sync and async."""
+        engines = self._aio.take()
+        await asyncio.to_thread(self.dispose)
+        for engine in engines.values():
+            await engine.dispose()
+
+    def _start_monitor_off_loop(self) -> None:
+        """Start the lag monitor; wait for its first round only where no event loop runs."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            self._start_monitor()
+            return
+        threading.Thread(target=self._start_monitor, name="multidb-monitor-start").start()
+
+    async def __aenter__(self) -> Registry:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.async_dispose()
 
 
 class _SessionScope:
@@ -632,7 +788,7 @@ def load(
     *,
     env: Mapping[str, str] | None = None,
     session_class: type[Session] | None = None,
-    async_session_class: type[Any] | None = None,
+    async_session_class: type[AsyncSession] | None = None,
 ) -> Registry:
     """``Registry.from_yaml(path, **kw)``."""
     return Registry.from_yaml(

@@ -23,6 +23,7 @@ nothing else is ever retried, so no work is repeated.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -410,7 +411,9 @@ def _connection_lost(exc: BaseException) -> bool:
     """Whether ``exc`` says the server could not be reached (not a mistake in the SQL)."""
     if isinstance(exc, DBAPIError):
         return exc.connection_invalidated or exc.statement is None or _is_operational(exc.orig)
-    return _is_operational(exc)
+    # asyncio drivers (asyncpg) let socket errors out of connect() as they are, not as
+    # DBAPI errors: ConnectionResetError, ConnectionRefusedError, TimeoutError are OSErrors.
+    return isinstance(exc, (OSError, asyncio.TimeoutError)) or _is_operational(exc)
 
 
 def _is_operational(exc: BaseException | None) -> bool:

@@ -432,8 +432,7 @@ def test_default_postgresql_driver_missing_also_names_the_extra(
     monkeypatch.setitem(sys.modules, "psycopg", None)
     err = dict_error({"databases": {"m": "postgresql://u@h/db"}})
     assert str(err) == (
-        "databases.m: driver 'psycopg' is not installed: pip install psycopg "
-        "(or write postgresql+psycopg2:// and pip install 'multidb[postgresql]')"
+        "databases.m: driver 'psycopg' is not installed: pip install 'multidb[psycopg]'"
     )
 
 
