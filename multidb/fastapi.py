@@ -10,7 +10,8 @@ A dependency with ``yield`` runs its exit code after the response was sent
 unless it is declared with ``Depends(..., scope="function")``: the plain
 recipe answers ``201 Created`` and then fails to commit. :func:`session`
 returns the function-scoped form, so the commit runs when the endpoint
-returns, before the response starts, and a commit that fails is a 500.
+returns, before the response starts, and a commit that fails is a 500;
+:func:`async_session` is the same for ``async def`` endpoints.
 Add :class:`multidb.asgi.ReadYourWritesMiddleware` for per-request causal
 scopes and roles.
 """

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import sys
+import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -22,6 +23,7 @@ from typing import Any
 import flask.testing
 import pytest
 import webapps
+import werkzeug.test
 from servers import PostgresCluster
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
@@ -32,8 +34,9 @@ from starlette.testclient import TestClient
 from starlette.websockets import WebSocket
 from webapps import Base
 
-from multidb import ReadOnlyError, Registry
+from multidb import ReadOnlyError, Registry, causal
 from multidb.asgi import ReadYourWritesMiddleware
+from multidb.wsgi import ReadYourWritesMiddleware as WSGIMiddleware
 
 FRAMEWORKS = ["flask", "fastapi"]
 
@@ -332,3 +335,18 @@ def test_a_plain_yield_dependency_answers_201_for_a_commit_that_fails(sqlite_dbs
     assert client.post("/duplicate").status_code == 201  # and nothing was saved
     with sqlite_dbs.session("main", role="write") as s:
         assert s.query(webapps.Item).filter_by(marker="dup").count() == 0
+
+
+def test_a_wsgi_body_generator_runs_in_the_requests_scope_and_role(sqlite_dbs: Registry) -> None:
+    def app(environ: Any, start_response: Any) -> Iterator[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        scope = causal.current()
+        assert scope is not None
+        yield f"{causal.request_role.get()} {sorted(scope.positions())}".encode()
+
+    client = werkzeug.test.Client(WSGIMiddleware(app, sqlite_dbs))
+    token = causal.encode({"main": causal.Position("lsn", 5, time.time())})
+    assert client.get("/", headers={"X-Multidb-Token": token}).get_data() == b"read ['main']"
+    assert client.post("/").get_data() == b"write []"
+    assert client.options("/").get_data() == b"read []"
+    assert (causal.current(), causal.request_role.get()) == (None, None)  # nothing leaked

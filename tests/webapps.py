@@ -138,3 +138,37 @@ def fastapi_app(dbs: Registry, database: str, identity_sql: str | None = None) -
         return {"ok": True}
 
     return app
+
+
+def fastapi_async_app(dbs: Registry, database: str) -> fastapi.FastAPI:
+    """The FastAPI app on AsyncSessions (``async def`` endpoints, no threadpool)."""
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from multidb.fastapi import async_session
+
+    app = fastapi.FastAPI()
+    app.add_middleware(ReadYourWritesMiddleware, dbs=dbs)
+    DB = Annotated[AsyncSession, async_session(dbs, database)]  # noqa: N806
+
+    @app.post("/items", status_code=201)
+    async def create(body: dict[str, str], s: DB) -> Any:
+        await s.execute(insert(items).values(marker=body["marker"]))
+        return {"marker": body["marker"]}
+
+    @app.get("/items/{marker}")
+    async def show(marker: str, s: DB) -> Any:
+        found = await s.scalar(select(items.c.id).where(items.c.marker == marker))
+        server = await s.scalar(text("SELECT inet_server_port()"))
+        return {"found": found is not None, "server": server}
+
+    @app.get("/write-on-get")
+    async def write_on_get(s: DB) -> Any:
+        await s.execute(insert(items).values(marker="get"))
+        return {"wrote": True}
+
+    @app.post("/deferred", status_code=201)
+    async def deferred(s: DB) -> Any:
+        await s.execute(text("INSERT INTO web_deferred VALUES (1), (1)"))
+        return {"created": True}
+
+    return app
