@@ -24,6 +24,7 @@ commit; MariaDB: ``Seconds_Behind_Master``).
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections import deque
@@ -97,11 +98,40 @@ class _Slot:
         self.answer: Answer | None = None
 
 
+class _Worker:
+    """The daemon thread that runs one engine's probes, one at a time, until closed."""
+
+    def __init__(self, name: str) -> None:
+        self._queue: queue.SimpleQueue[tuple[_Slot, Callable[[], Answer]] | None]
+        self._queue = queue.SimpleQueue()
+        self._name = name
+        threading.Thread(target=self._run, name=f"multidb-probe-{name}", daemon=True).start()
+
+    def submit(self, slot: _Slot, work: Callable[[], Answer]) -> None:
+        self._queue.put((slot, work))
+
+    def close(self) -> None:
+        self._queue.put(None)
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            slot, work = item
+            try:
+                slot.answer = work()
+            except Exception as exc:  # any failure is the engine's answer
+                slot.answer = Answer(
+                    self._name, False, None, None, None, time.monotonic(), _one_line(exc)
+                )
+            finally:
+                slot.done.set()
+
+
 class Prober:
-    """Probes engines on daemon threads: at most one probe in flight per engine.
+    """Probes engines, each on a daemon thread of its own: at most one probe in flight per engine.
 
     ``engine`` gives the Engine a probe connects with; ``call(name, work)``, when
     given, runs each probe's work (multidb.aio.run_blocking for async-only drivers).
+    :meth:`close` ends the threads (a hung one when its probe returns).
     """
 
     def __init__(
@@ -115,7 +145,14 @@ class Prober:
         self._keep = keep
         self._lock = threading.Lock()
         self._in_flight: dict[str, _Slot] = {}
+        self._workers: dict[str, _Worker] = {}
         self._histories: dict[str, _History] = {}
+
+    def close(self) -> None:
+        with self._lock:
+            workers, self._workers = list(self._workers.values()), {}
+        for worker in workers:
+            worker.close()
 
     def round(
         self, database: DatabaseConfig, timeout: float, stop: threading.Event | None = None
@@ -161,23 +198,14 @@ class Prober:
         name = engine_config.name
         with self._lock:
             running = self._in_flight.get(name)
-            if running is not None:
+            if running is not None and not running.done.is_set():
                 return running  # still hung: this round reports it again
             slot = self._in_flight[name] = _Slot(time.monotonic())
-
-        def run() -> None:
-            try:
-                slot.answer = work() if self._call is None else self._call(name, work)
-            except Exception as exc:  # any failure is the engine's answer
-                slot.answer = Answer(
-                    name, False, None, None, None, time.monotonic(), _one_line(exc)
-                )
-            finally:
-                with self._lock:
-                    del self._in_flight[name]
-                slot.done.set()
-
-        threading.Thread(target=run, name=f"multidb-probe-{name}", daemon=True).start()
+            worker = self._workers.get(name)
+            if worker is None:
+                worker = self._workers[name] = _Worker(name)
+        call = self._call
+        worker.submit(slot, work if call is None else lambda: call(name, work))
         return slot
 
     def _history(self, database: DatabaseConfig, dialect: str) -> _History:
@@ -299,6 +327,7 @@ class HealthMonitor:
         for thread in self._threads:
             if thread.is_alive() and thread is not threading.current_thread():
                 thread.join()
+        self._prober.close()
 
     def _run(self, database: DatabaseConfig, router: Router) -> None:
         routing = database.routing

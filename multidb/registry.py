@@ -663,6 +663,7 @@ class Registry:
             self._factories.clear()  # the next read session starts the monitor again
         if monitor is not None:
             monitor.stop()
+        self._health_prober.close()
         for engine in engines:
             engine.dispose()
         for name, async_engine in self._aio.take().items():

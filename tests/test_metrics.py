@@ -86,6 +86,10 @@ def test_prometheus_collector_shows_a_lagging_replica_out_of_rotation_and_the_fa
     with Registry.from_dict(sqlite_config(tmp_path, max_lag_seconds=5)) as dbs:
         registry = CollectorRegistry()
         registry.register(PrometheusCollector(dbs))
+        # The replica opens the primary's file: it must exist before the first probe,
+        # which races the primary's probe (that would create it) otherwise.
+        with dbs.session("main", role="write") as s:
+            s.execute(text("CREATE TABLE t (id INTEGER)"))
         with dbs.session("main", role="read") as s:  # starts the health monitor
             s.execute(text("SELECT 1"))
         wait_until(

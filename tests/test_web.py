@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections import Counter
@@ -24,7 +25,7 @@ import flask.testing
 import pytest
 import webapps
 import werkzeug.test
-from servers import PostgresCluster
+from servers import PostgresCluster, _free_port, wait_until
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -350,3 +351,38 @@ def test_a_wsgi_body_generator_runs_in_the_requests_scope_and_role(sqlite_dbs: R
     assert client.post("/").get_data() == b"write []"
     assert client.options("/").get_data() == b"read []"
     assert (causal.current(), causal.request_role.get()) == (None, None)  # nothing leaked
+
+
+def test_under_real_uvicorn_a_commit_that_fails_is_a_500_not_a_201(sqlite_dbs: Registry) -> None:
+    import urllib.error
+    import urllib.request
+
+    import uvicorn
+
+    port = _free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(webapps.fastapi_app(sqlite_dbs, "main"), port=port, log_level="critical")
+    )
+    thread = threading.Thread(target=server.run)
+    thread.start()
+    try:
+        wait_until(lambda: server.started, timeout=20, message="uvicorn did not start")
+        base = f"http://127.0.0.1:{port}"
+        post = urllib.request.Request(
+            f"{base}/items",
+            data=b'{"marker": "first"}',
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(post, timeout=10) as response:
+            assert response.status == 201
+        with sqlite_dbs.session("main", role="write") as s:
+            first = s.query(webapps.Item).filter_by(marker="first").one().id
+        duplicate = urllib.request.Request(f"{base}/duplicate/{first}", method="POST")
+        with pytest.raises(urllib.error.HTTPError) as failed:
+            urllib.request.urlopen(duplicate, timeout=10)
+        assert failed.value.code == 500
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    assert not thread.is_alive()
