@@ -9,7 +9,8 @@ unless its options (``connect_args``) or its URL's query already set one:
   greeting and the authentication are read with ``read_timeout`` set to the
   same value, which is then put back to the configured one (None: no limit)
   before the connection is handed out (:func:`install_handshake_timeout`);
-- mysqlclient, aiomysql, asyncmy: ``connect_timeout``; asyncpg: ``timeout``;
+- mysqlclient, aiomysql, asyncmy: ``connect_timeout`` (aiomysql's and
+  asyncmy's cover only the TCP connect, not the greeting); asyncpg: ``timeout``;
 - SQLite and other drivers: nothing.
 """
 

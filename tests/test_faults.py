@@ -215,7 +215,15 @@ def test_sigstopped_replica_is_left_out_within_interval_plus_timeout_and_costs_n
             baseline = load.rate(baseline_start, time.time())
             with victim.frozen():
                 frozen_at = time.time()
-                time.sleep(3.0)  # the victim stays hung this long
+                time.sleep(1.5)
+                # A registry started while the victim hangs reads from the other
+                # replica, and disposing of it does not wait for the hung server.
+                with Registry.from_dict(backend.config()) as fresh:
+                    with fresh.session("db", role="read") as s:
+                        fresh_read = backend.where(s)
+                    disposing = time.monotonic()
+                disposed_in = time.monotonic() - disposing
+                time.sleep(max(0.0, frozen_at + 3.0 - time.time()))  # hung for 3 s in all
                 thawed_at = time.time()
             wait_until(lambda: load.served(victim.name) > 0, timeout=10)
             wait_until(lambda: time.time() > thawed_at + 0.5, timeout=5)
@@ -237,9 +245,12 @@ def test_sigstopped_replica_is_left_out_within_interval_plus_timeout_and_costs_n
             f"after SIGSTOP (bound {bound}s); throughput back above half "
             f"{recovered_at - frozen_at:.2f}s after SIGSTOP; per 0.25 s: "
             f"{[round(r) for r in rates]}; "
-            f"{len(late)} reads started after the ejection touched it"
+            f"{len(late)} reads started after the ejection touched it; a registry started "
+            f"during the hang read from {fresh_read}, disposed in {disposed_in:.2f}s"
         )
     assert load.failures == []
+    assert fresh_read == backend.cluster.replicas[1].name
+    assert disposed_in < 0.5, disposed_in  # no hang
     assert ejected_at - frozen_at <= bound + 0.5
     assert recovered_at - frozen_at <= bound + 0.5 + step
     assert late == []
