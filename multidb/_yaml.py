@@ -27,6 +27,7 @@ KeyPath = tuple[str | int, ...]
 _ALIAS = "multidb:alias"  # the tag of the stand-in node for an alias
 _MERGE = "tag:yaml.org,2002:merge"
 # Scalars whose implicit type we keep; anything else (timestamps, '=') stays a string.
+_MAX_DEPTH = 64  # no config nests deeper; Python's recursion limit is not a config error
 _TYPED = frozenset(f"tag:yaml.org,2002:{kind}" for kind in ("null", "bool", "int", "float"))
 
 
@@ -115,6 +116,10 @@ def parse(text: str, source: str) -> Document:
     try:
         try:
             root = loader.get_single_node()
+        except RecursionError:
+            raise ConfigError(
+                "invalid YAML: nested too deeply", source=source, line=1, column=1
+            ) from None
         except yaml.YAMLError:
             # libyaml words its errors differently: let PyYAML's parser find and word it.
             loader.dispose()
@@ -131,7 +136,11 @@ def parse(text: str, source: str) -> Document:
             column=position.column,
         ) from exc
     except yaml.YAMLError as exc:
-        raise ConfigError(f"invalid YAML: {exc}", source=source) from exc
+        raise ConfigError(f"invalid YAML: {exc}", source=source, line=1, column=1) from exc
+    except RecursionError:
+        raise ConfigError(
+            "invalid YAML: nested too deeply", source=source, line=1, column=1
+        ) from None
     finally:
         loader.dispose()
     document = Document(data=None)
@@ -185,6 +194,8 @@ class _Converter:
 
     def value(self, node: Node, path: KeyPath) -> Any:
         self.refuse_special(node, path)
+        if len(path) > _MAX_DEPTH:
+            raise self.error(f"nested more than {_MAX_DEPTH} levels deep", node, path)
         self.document.values[path] = Position.of(node.start_mark)
         if isinstance(node, MappingNode):
             return self.mapping(node, path)
@@ -192,8 +203,15 @@ class _Converter:
             return [self.value(item, (*path, index)) for index, item in enumerate(node.value)]
         assert isinstance(node, ScalarNode)
         if node.tag in _TYPED:
-            return self.loader.construct_object(node)
+            return self.construct(node, path)
         return node.value
+
+    def construct(self, node: ScalarNode, path: KeyPath) -> Any:
+        """A typed scalar (int, float, bool, null); one Python cannot read is an error here."""
+        try:
+            return self.loader.construct_object(node)
+        except (ValueError, OverflowError):  # '0x_', an int of more than 4300 digits
+            raise self.error(f"cannot read {node.value[:20]!r} as a number", node, path) from None
 
     def mapping(self, node: MappingNode, path: KeyPath) -> dict[str, Any]:
         result: dict[str, Any] = {}
@@ -203,9 +221,7 @@ class _Converter:
             if not isinstance(key_node, ScalarNode):
                 kind = "a mapping" if isinstance(key_node, MappingNode) else "a list"
                 raise self.error(f"expected a string key, got {kind}", key_node, path)
-            key = (
-                self.loader.construct_object(key_node) if key_node.tag in _TYPED else key_node.value
-            )
+            key = self.construct(key_node, path) if key_node.tag in _TYPED else key_node.value
             if not isinstance(key, str):
                 shown = (
                     "null" if key is None else str(key).lower() if isinstance(key, bool) else key

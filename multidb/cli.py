@@ -13,10 +13,11 @@ import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import yaml
 
-from .config import load
+from .config import Config, load, secrets
 from .errors import ConfigError
 from .registry import EngineStatus, Registry
 
@@ -58,18 +59,48 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load(path)
     except ConfigError as exc:
+        if args.command == "check" and args.json:
+            # A JSON consumer always gets JSON: the error as an object.
+            print(json.dumps(_error_object(exc), indent=2))
         print(exc, file=sys.stderr)
         return 2
     if args.command == "show":
         print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
         return 0
-    with Registry(config) as registry:
-        statuses = registry.health(timeout=args.timeout)
+    try:
+        with Registry(config) as registry:
+            statuses = registry.health(timeout=args.timeout)
+    except Exception as exc:  # never a traceback: one line, secrets masked
+        print(f"multidb: {_one_line(exc, config)}", file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps([asdict(s) for s in statuses], indent=2))
     else:
         print(_table(statuses))
     return 0 if all(s.ok for s in statuses) else 1
+
+
+def _error_object(exc: ConfigError) -> dict[str, Any]:
+    return {
+        "error": str(exc),
+        "source": exc.source,
+        "line": exc.line,
+        "column": exc.column,
+        "key_path": exc.key_path,
+        "errors": [
+            {"error": str(e), "line": e.line, "column": e.column, "key_path": e.key_path}
+            for e in exc.errors
+        ],
+    }
+
+
+def _one_line(exc: BaseException, config: Config) -> str:
+    lines = str(exc).strip().splitlines()
+    text = f"{type(exc).__name__}: {lines[0] if lines else ''}"
+    for engine in config.engines():
+        for secret in secrets(engine):
+            text = text.replace(secret, "***")
+    return text
 
 
 def _seconds(value: str) -> float:

@@ -18,15 +18,15 @@ import math
 import os
 import pkgutil
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal, get_args
+from typing import Any, Literal, NoReturn, TypeVar, get_args
+from urllib.parse import quote
 
 import sqlalchemy
 from sqlalchemy.engine import URL, Dialect, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.orm import Session
 from sqlalchemy.util import get_cls_kwargs
 
@@ -44,6 +44,7 @@ __all__ = [
     "from_dict",
     "load",
     "mask_url",
+    "secrets",
 ]
 
 Role = Literal["write", "read", "auto"]
@@ -218,6 +219,123 @@ _PIP_NAMES = {
 
 # An option name, its value, and the key path where the winning layer set it.
 _Options = dict[str, tuple[Any, KeyPath]]
+_T = TypeVar("_T")
+_MAX_DEPTH = 64
+_JOIN_MODES = ("conservative_savepoint", "rollback_only", "control_fully", "create_savepoint")
+_NUMBER = (int, float)
+# create_engine() options whose value types SQLAlchemy only checks when it first uses them.
+_OPTION_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "pool_size": ((int,), "a whole number"),
+    "max_overflow": ((int,), "a whole number"),
+    "pool_timeout": (_NUMBER, "a number of seconds"),
+    "pool_recycle": (_NUMBER, "a number of seconds"),
+    "pool_pre_ping": ((bool,), "true or false"),
+    "pool_use_lifo": ((bool,), "true or false"),
+    "hide_parameters": ((bool,), "true or false"),
+    "echo": ((bool, str), "true, false or 'debug'"),
+    "echo_pool": ((bool, str), "true, false or 'debug'"),
+    "query_cache_size": ((int,), "a whole number"),
+    "insertmanyvalues_page_size": ((int,), "a whole number"),
+    "label_length": ((int,), "a whole number"),
+    "max_identifier_length": ((int,), "a whole number"),
+    "isolation_level": ((str,), "an isolation level name"),
+    "connect_args": ((Mapping,), "a mapping"),
+    "execution_options": ((Mapping,), "a mapping"),
+    "logging_name": ((str,), "a string"),
+    "pool_logging_name": ((str,), "a string"),
+    "paramstyle": ((str,), "a string"),
+}
+
+
+class _ReportedError(Exception):
+    """A part failed and its errors are already kept: skip what was built from it."""
+
+
+class _Masked(Mapping[str, Any]):
+    """A read-only mapping whose repr shows values under secret-looking keys as ``***``."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: Mapping[str, Any]) -> None:
+        self._data = dict(data)
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        return repr(_shown(self._data))
+
+
+def _user_info_span(text: str) -> tuple[int, int]:
+    """Where the user-info part (``user:password``) of a URL string lies, as written.
+
+    ``(0, 0)`` when ``text`` is not a URL with one. The last ``@`` before the
+    path counts, skipping ``${...}`` references, so a password may hold ``@``.
+    """
+    scheme = re.match(r"[A-Za-z][A-Za-z0-9+._-]*://", text)
+    if scheme is None:
+        return (0, 0)
+    start = scheme.end()
+    at = -1
+    i = start
+    while i < len(text):
+        if text.startswith("${", i):
+            end = text.find("}", i)
+            if end < 0:
+                break
+            i = end + 1
+            continue
+        if text[i] in "/?#":
+            break
+        if text[i] == "@":
+            at = i
+        i += 1
+    return (start, at) if at >= 0 else (0, 0)
+
+
+def _query_span(text: str) -> tuple[int, int]:
+    """Where the query string of a URL string lies (values there are URL-quoted too)."""
+    if re.match(r"[A-Za-z][A-Za-z0-9+._-]*://", text) is None:
+        return (0, 0)
+    depth = 0
+    for i, char in enumerate(text):
+        if text.startswith("${", i):
+            depth += 1
+        elif char == "}" and depth:
+            depth -= 1
+        elif char == "?" and not depth:
+            return (i + 1, len(text))
+    return (0, 0)
+
+
+def _query_secrets_to_connect_args(
+    url: URL, options: _Options, path: KeyPath
+) -> tuple[URL, _Options]:
+    """Move secret-looking query values (``?password=``) of ``url`` into ``connect_args``."""
+    moved = {key: value for key, value in url.query.items() if _SECRET.search(key)}
+    if not moved:
+        return url, options
+    connect_args, where = options.get("connect_args", ({}, path))
+    if not isinstance(connect_args, Mapping):
+        return url, options  # reported by option_type
+    options = {**options, "connect_args": ({**moved, **connect_args}, where)}
+    return url.difference_update_query(list(moved)), options
+
+
+def secrets(engine: EngineConfig) -> list[str]:
+    """Every secret of ``engine`` as it could appear in a message (plain and URL-quoted)."""
+    found = [engine.url.password or ""]
+    connect_args = engine.options.get("connect_args")
+    if isinstance(connect_args, Mapping):
+        found += [str(v) for k, v in connect_args.items() if _SECRET.search(str(k)) and v]
+    found += [quote(secret, safe="") for secret in found]
+    return [secret for secret in dict.fromkeys(found) if len(secret) >= 3]
 
 
 class _Builder:
@@ -232,11 +350,19 @@ class _Builder:
         self.config_dir = config_dir
         self.checked_options: set[tuple[Any, ...]] = set()
         self.dialects: dict[str, type[Dialect]] = {}
+        self.errors: list[ConfigError] = []
+        self.broken: set[str] = set()  # key paths whose ${...} failed: no follow-up errors
 
     def error(self, path: KeyPath, problem: str, *, at_key: bool = False) -> ConfigError:
-        """A ConfigError at the value of ``path`` (or at its key)."""
+        """A ConfigError at the value of ``path`` (or at its key, or its nearest parent)."""
         position = self.document.keys.get(path) if at_key else None
         position = position or self.document.values.get(path)
+        parent = path
+        while position is None and parent and self.source is not None:
+            parent = parent[:-1]
+            position = self.document.values.get(parent)
+        # Whatever a message quotes, a URL's password in it is masked.
+        problem = re.sub(r"(://[^:/?#@\s']*:)(?!password@)[^\s']*@", r"\1***@", problem)
         return ConfigError(
             problem,
             source=self.source,
@@ -245,19 +371,45 @@ class _Builder:
             key_path=dotted(path),
         )
 
+    def collect(self, check: Callable[..., _T], *args: Any, **kwargs: Any) -> _T | None:
+        """Run one check; a ConfigError is kept for the report and None returned."""
+        try:
+            return check(*args, **kwargs)
+        except _ReportedError:  # its parts' errors are already kept
+            return None
+        except ConfigError as exc:
+            if not any(exc.key_path.startswith(broken) for broken in self.broken):
+                self.errors.append(exc)
+            return None
+
     def build(self) -> Config:
+        """Every check, every mistake reported at once; any other failure is a ConfigError too."""
+        try:
+            config = self.collect(self.build_all)
+        except RecursionError:
+            raise self.error((), "the config nests too deeply (or refers to itself)") from None
+        except Exception as exc:  # a check that failed in a way not foreseen: still a ConfigError
+            raise self.error((), f"cannot check this config ({type(exc).__name__})") from None
+        if self.errors or config is None:
+            unique = {(e.line, e.column, str(e)): e for e in self.errors}
+            raise ConfigError.combine(unique.values())
+        return config
+
+    def build_all(self) -> Config:
         root = self.mapping((), self.resolve(self.document.data, ()))
         self.known_keys((), root, _TOP_KEYS)
-        defaults = self.options(("defaults",), root.get("defaults"))
+        defaults = self.collect(self.options, ("defaults",), root.get("defaults")) or {}
         if "databases" not in root:
-            raise self.error((), "missing key 'databases'")
+            self.missing((), "missing key 'databases'")
         databases = self.mapping(("databases",), root["databases"])
         if not databases:
             raise self.error(("databases",), "expected at least one database")
         built = {}
         for name, spec in databases.items():
-            self.check_name(("databases", name), name, "database")
-            built[name] = self.database(("databases", name), name, spec, defaults)
+            self.collect(self.check_name, ("databases", name), name, "database")
+            database = self.collect(self.database, ("databases", name), name, spec, defaults)
+            if database is not None:
+                built[name] = database
         return Config(source=self.source, databases=MappingProxyType(built))
 
     # --- ${NAME} references ---------------------------------------------------------------------
@@ -266,18 +418,27 @@ class _Builder:
         """A copy of ``value`` with every string value's ``${...}`` replaced (keys are not)."""
         if isinstance(value, URL):  # a NamedTuple: not a list
             return value
+        if len(path) > _MAX_DEPTH:
+            raise self.error(path, f"nested more than {_MAX_DEPTH} levels deep")
         if isinstance(value, Mapping):
             return {key: self.resolve(item, (*path, key)) for key, item in value.items()}
         if isinstance(value, (list, tuple)):
             return [self.resolve(item, (*path, index)) for index, item in enumerate(value)]
         if isinstance(value, str):
-            return self.interpolate(value, path)
+            try:
+                return self.interpolate(value, path)
+            except ConfigError as exc:
+                self.errors.append(exc)
+                self.broken.add(dotted(path))
+                return ""
         return value
 
     def interpolate(self, text: str, path: KeyPath) -> str:
         """``${NAME}``, ``${NAME:-default}`` and ``$$``; any other ``$`` is kept as written."""
         parts: list[str] = []
         start = 0
+        user_info = _user_info_span(text)
+        query = _query_span(text)
         while (dollar := text.find("$", start)) >= 0:
             parts.append(text[start:dollar])
             following = text[dollar + 1 : dollar + 2]
@@ -295,8 +456,11 @@ class _Builder:
             # Never echo the whole reference: a default may be a password.
             name, has_default, default = text[dollar + 2 : end].partition(":-")
             if not _VARIABLE.fullmatch(name):
+                # Not echoed: a '${' may sit inside a password.
                 raise self.error(
-                    path, f"invalid variable name {name!r}: use ${{NAME}} or ${{NAME:-default}}"
+                    path,
+                    "'${' does not start a valid ${NAME} or ${NAME:-default} reference"
+                    " (write a literal '$' as '$$')",
                 )
             value = self.config_dir if name == "CONFIG_DIR" else self.env.get(name)
             if has_default and not value:  # unset or empty, as the shell does
@@ -307,6 +471,9 @@ class _Builder:
                     f"environment variable {name} is not set"
                     f" (use ${{{name}:-default}} for a default)",
                 )
+            if user_info[0] <= dollar < user_info[1] or query[0] <= dollar < query[1]:
+                # A user name or password may hold '@', ':', '/', '%', '#': keep the URL whole.
+                value = quote(value, safe="")
             parts.append(value)
             start = end + 1
         parts.append(text[start:])
@@ -315,6 +482,7 @@ class _Builder:
     # --- databases and engines ------------------------------------------------------------------
 
     def database(self, path: KeyPath, name: str, spec: Any, defaults: _Options) -> DatabaseConfig:
+        primary: EngineConfig | None
         if isinstance(spec, (str, URL)):
             primary = self.engine(path, name, "primary", spec, defaults)
             return DatabaseConfig(name, primary, (), MappingProxyType({}), RoutingConfig())
@@ -329,20 +497,33 @@ class _Builder:
                 "a database given by 'url' has no replicas; use 'primary' and 'replicas'",
                 at_key=True,
             )
-        self.known_keys(path, spec, _SINGLE_KEYS if "url" in spec else _PRIMARY_KEYS)
-        if "url" not in spec and "primary" not in spec:
-            raise self.error(path, "missing key 'primary' or 'url'")
-        shared = {**defaults, **self.options((*path, "options"), spec.get("options"))}
-        session = self.session((*path, "session"), spec.get("session"))
-        routing = self.routing((*path, "routing"), spec.get("routing"))
-        if "url" in spec:  # one engine, described by the database mapping itself
-            engine_spec = {key: spec[key] for key in ("url", "password_file") if key in spec}
-            primary = self.engine(path, name, "primary", engine_spec, shared, own_keys=False)
-            replicas: tuple[EngineConfig, ...] = ()
+        single = "url" in spec or "drivername" in spec
+        self.known_keys(path, spec, _SINGLE_KEYS + _URL_KEYS if single else _PRIMARY_KEYS)
+        if not single and "primary" not in spec:
+            self.missing(path, "missing key 'primary' or 'url'")
+        own = self.collect(self.options, (*path, "options"), spec.get("options")) or {}
+        shared = {**defaults, **own}
+        session = self.collect(self.session, (*path, "session"), spec.get("session"))
+        routing = self.collect(self.routing, (*path, "routing"), spec.get("routing"))
+        replicas: tuple[EngineConfig, ...] = ()
+        if single:  # one engine, described by the database mapping itself
+            engine_spec = {
+                key: spec[key] for key in ("url", "password_file", *_URL_KEYS) if key in spec
+            }
+            primary = self.collect(
+                self.engine, path, name, "primary", engine_spec, shared, own_keys=False
+            )
         else:
-            primary = self.engine((*path, "primary"), name, "primary", spec["primary"], shared)
+            primary = self.collect(
+                self.engine, (*path, "primary"), name, "primary", spec["primary"], shared
+            )
             replicas = self.replicas((*path, "replicas"), name, spec.get("replicas"), shared)
-            self.same_mode((*path, "replicas"), primary, replicas, spec.get("replicas"))
+            if primary is not None:
+                self.collect(
+                    self.same_mode, (*path, "replicas"), primary, replicas, spec.get("replicas")
+                )
+        if primary is None or session is None or routing is None:
+            raise _ReportedError
         return DatabaseConfig(name, primary, replicas, session, routing)
 
     def same_mode(
@@ -376,17 +557,31 @@ class _Builder:
         else:
             named = []
             for name, spec in self.mapping(path, value, expected="a mapping or a list").items():
-                self.check_name((*path, name), name, "replica")
+                self.collect(self.check_name, (*path, name), name, "replica")
                 if name == "primary":
-                    raise self.error(
+                    self.collect(
+                        self.fail,
                         (*path, name),
                         "a replica cannot be named 'primary' (that names the database's primary)",
                         at_key=True,
                     )
+                    continue
                 named.append((name, (*path, name), spec))
-        return tuple(
-            self.engine(item_path, database, name, spec, shared) for name, item_path, spec in named
-        )
+        engines = [
+            self.collect(self.engine, item_path, database, name, spec, shared)
+            for name, item_path, spec in named
+        ]
+        return tuple(engine for engine in engines if engine is not None)
+
+    def fail(self, path: KeyPath, problem: str, *, at_key: bool = False) -> None:
+        raise self.error(path, problem, at_key=at_key)
+
+    def missing(self, path: KeyPath, problem: str) -> NoReturn:
+        """A missing key, unless an unknown key there (a typo of it) was already reported."""
+        prefix = dotted(path)
+        if any(e.key_path.startswith(prefix) and "unknown key" in e.problem for e in self.errors):
+            raise _ReportedError
+        raise self.error(path, problem)
 
     def engine(
         self,
@@ -406,29 +601,42 @@ class _Builder:
             url, driver_path = self.url(path, spec)
         else:
             spec = self.mapping(path, spec, expected="a URL string or a mapping")
+            parts = "url" not in spec and "drivername" in spec  # the URL's parts, directly
             if own_keys:
                 if "weight" in spec and not replica:
-                    raise self.error(
-                        (*path, "weight"), "'weight' is only for replicas", at_key=True
+                    self.collect(
+                        self.fail, (*path, "weight"), "'weight' is only for replicas", at_key=True
                     )
-                self.known_keys(path, spec, _REPLICA_KEYS if replica else _ENGINE_KEYS)
-                own = self.options((*path, "options"), spec.get("options"))
-            if "url" not in spec:
-                raise self.error(path, "missing key 'url'")
-            url, driver_path = self.url((*path, "url"), spec["url"])
+                allowed = _REPLICA_KEYS if replica or "weight" in spec else _ENGINE_KEYS
+                self.known_keys(path, spec, allowed + _URL_KEYS if parts else allowed)
+                own = self.collect(self.options, (*path, "options"), spec.get("options")) or {}
+            if parts:
+                given = {key: spec[key] for key in _URL_KEYS if key in spec}
+                url, driver_path = self.url(path, given)
+            elif "url" not in spec:
+                self.missing(path, "missing key 'url' (or the URL's parts: drivername, ...)")
+            else:
+                if any(key in spec for key in _URL_KEYS):
+                    key = next(key for key in _URL_KEYS if key in spec)
+                    raise self.error(
+                        (*path, key), "give either 'url' or the URL's parts, not both", at_key=True
+                    )
+                url, driver_path = self.url((*path, "url"), spec["url"])
             if "password_file" in spec:
                 url = self.password_file((*path, "password_file"), spec["password_file"], url)
             if "weight" in spec:
                 weight = self.number((*path, "weight"), spec["weight"], minimum=0, inclusive=True)
         name = f"{database}.{short}"
-        options = {**shared, **own}
+        # A password in the URL's query string would show in repr(engine) and str(engine.url):
+        # it goes to the driver through connect_args instead.
+        url, options = _query_secrets_to_connect_args(url, {**shared, **own}, driver_path)
         self.check_engine(name, url, driver_path, options)
         return EngineConfig(
             name=name,
             database=database,
             role="replica" if replica else "primary",
             url=url,
-            options=MappingProxyType({key: value for key, (value, _) in options.items()}),
+            options=_Masked({key: value for key, (value, _) in options.items()}),
             weight=weight,
         )
 
@@ -439,7 +647,7 @@ class _Builder:
         if isinstance(value, str):
             try:
                 return make_url(value), path
-            except (ArgumentError, ValueError):
+            except Exception:
                 # No "from": the parser's message may quote a piece of the password.
                 raise self.error(
                     path,
@@ -457,7 +665,7 @@ class _Builder:
             if parts.get(key) is not None:
                 kwargs[key] = self.string((*path, key), parts[key], secret=key == "password")
         port = parts.get("port")
-        if isinstance(port, str) and port.isdigit():
+        if isinstance(port, str) and port.isascii() and port.isdigit() and len(port) < 6:
             port = int(port)  # from ${PORT}
         if port is not None:
             if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
@@ -474,7 +682,10 @@ class _Builder:
                         f"expected a string or a list of strings, got {_describe(item)}",
                     )
             kwargs["query"] = query
-        return URL.create(**kwargs), (*path, "drivername")
+        try:
+            return URL.create(**kwargs), (*path, "drivername")
+        except Exception:
+            raise self.error(path, "these URL parts do not make a URL") from None
 
     def password_file(self, path: KeyPath, value: Any, url: URL) -> URL:
         relative = self.string(path, value)
@@ -485,6 +696,8 @@ class _Builder:
         file = Path(self.config_dir, relative)
         try:
             password = file.read_text(encoding="utf-8")
+        except ValueError:  # a NUL byte in the path
+            raise self.error(path, "cannot read password file: not a valid path") from None
         except OSError as exc:
             raise self.error(
                 path, f"cannot read password file '{file}': {exc.strerror or exc}"
@@ -496,11 +709,13 @@ class _Builder:
     def check_engine(self, name: str, url: URL, driver_path: KeyPath, options: _Options) -> None:
         """What create_engine() would refuse: the dialect, its driver, and the options."""
         dialect = self.dialect(driver_path, url)
+        for key, (value, at) in options.items():
+            self.collect(self.option_type, at, key, value)
         values = {key: value for key, (value, _) in options.items()}
         # The pool class decides which pool_* options exist (SQLite :memory: has no QueuePool).
         pool = values.get("poolclass") or getattr(dialect, "get_pool_class", lambda _: None)(url)
-        # Same dialect, pool and option names -> same verdict: check each shape once.
-        shape = (url.drivername, pool, tuple(sorted(values)))
+        # Same dialect, pool and options -> same verdict: check each shape once.
+        shape = (url.drivername, pool, repr(sorted(values.items(), key=lambda item: item[0])))
         if shape in self.checked_options:
             return
         try:
@@ -535,7 +750,7 @@ class _Builder:
         backend, _, driver = url.drivername.partition("+")
         try:
             dialect = url.get_dialect()
-        except NoSuchModuleError:
+        except Exception:  # NoSuchModuleError, or a name SQLAlchemy cannot even look up
             if backend in _DIALECTS and driver:
                 hint = closest(driver, _driver_names(backend))
                 problem = f"unknown driver {driver!r} for dialect {backend!r}"
@@ -547,7 +762,9 @@ class _Builder:
             ) from None
         try:
             dialect.import_dbapi()
-        except ImportError as exc:
+        except Exception as exc:
+            if not isinstance(exc, ImportError):
+                raise self.error(path, f"driver {dialect.driver!r} cannot be loaded") from None
             module = (exc.name or dialect.driver).split(".")[0]
             extra = _EXTRAS.get((dialect.name, dialect.driver))
             problem = f"driver {dialect.driver!r} is not installed: pip install "
@@ -567,6 +784,16 @@ class _Builder:
         self.dialects[url.drivername] = dialect
         return dialect
 
+    def option_type(self, path: KeyPath, key: str, value: Any) -> None:
+        """A create_engine() option whose value has the wrong type (SQLAlchemy checks late)."""
+        expected = _OPTION_TYPES.get(key)
+        if expected is None:
+            return
+        kinds, wording = expected
+        wrong_bool = isinstance(value, bool) and bool not in kinds
+        if wrong_bool or not isinstance(value, kinds):
+            raise self.error(path, f"expected {wording}, got {_describe(value)}")
+
     # --- sections -------------------------------------------------------------------------------
 
     def options(self, path: KeyPath, value: Any) -> _Options:
@@ -581,9 +808,20 @@ class _Builder:
         for key, item in session.items():
             if key in ("bind", "binds"):
                 raise self.error((*path, key), f"{key!r} is set by multidb", at_key=True)
+            if key == "autocommit":
+                self.collect(
+                    self.fail,
+                    (*path, key),
+                    "SQLAlchemy 2.x sessions no longer take 'autocommit'; remove it (a session"
+                    " begins a transaction when first used; for driver-level autocommit set"
+                    " options: {isolation_level: AUTOCOMMIT})",
+                    at_key=True,
+                )
+                continue
             if key not in _SESSION_KEYS:
                 hint = closest(key, _SESSION_KEYS)
-                raise self.error(
+                self.collect(
+                    self.fail,
                     (*path, key),
                     f"unknown sessionmaker option {key!r}"
                     + (
@@ -593,8 +831,26 @@ class _Builder:
                     ),
                     at_key=True,
                 )
+                continue
             if key in _SESSION_FLAGS and not isinstance(item, bool):
-                raise self.error((*path, key), f"expected true or false, got {_describe(item)}")
+                self.collect(
+                    self.fail, (*path, key), f"expected true or false, got {_describe(item)}"
+                )
+            elif key == "info" and not isinstance(item, Mapping):
+                self.collect(self.fail, (*path, key), f"expected a mapping, got {_describe(item)}")
+            elif key == "join_transaction_mode" and item not in _JOIN_MODES:
+                listed = ", ".join(repr(mode) for mode in _JOIN_MODES)
+                self.collect(
+                    self.fail, (*path, key), f"expected one of {listed}, got {_describe(item)}"
+                )
+            elif key in ("class_", "query_cls"):
+                self.collect(
+                    self.fail,
+                    (*path, key),
+                    f"{key!r} names a Python class: pass session_class= to"
+                    " Registry.from_yaml instead",
+                    at_key=True,
+                )
         return MappingProxyType(session)
 
     def routing(self, path: KeyPath, value: Any) -> RoutingConfig:
@@ -604,7 +860,13 @@ class _Builder:
         self.known_keys(path, routing, _ROUTING_KEYS)
         kwargs: dict[str, Any] = {}
         for key, item in routing.items():
-            at = (*path, key)
+            self.collect(self.routing_value, (*path, key), key, item, kwargs)
+        return RoutingConfig(**{k: v for k, v in kwargs.items() if k in _ROUTING_KEYS})
+
+    def routing_value(self, at: KeyPath, key: str, item: Any, kwargs: dict[str, Any]) -> None:
+        if key not in _ROUTING_KEYS:
+            return
+        if True:
             if key in ("policy", "default_role"):
                 kwargs[key] = self.choice(at, item, get_args(Policy if key == "policy" else Role))
             elif key in ("fallback_to_primary", "read_your_writes"):
@@ -616,7 +878,6 @@ class _Builder:
             else:
                 inclusive = key in ("cooldown_seconds", "causal_wait_seconds")
                 kwargs[key] = self.number(at, item, minimum=0, inclusive=inclusive)
-        return RoutingConfig(**kwargs)
 
     # --- values ---------------------------------------------------------------------------------
 
@@ -637,9 +898,9 @@ class _Builder:
                 tail = (
                     f"; did you mean {hint!r}?"
                     if hint
-                    else f"; expected one of: {', '.join(allowed)}"
+                    else f"; expected one of: {', '.join(dict.fromkeys(allowed))}"
                 )
-                raise self.error((*path, key), f"unknown key {key!r}{tail}", at_key=True)
+                self.collect(self.fail, (*path, key), f"unknown key {key!r}{tail}", at_key=True)
 
     def check_name(self, path: KeyPath, name: str, kind: str) -> None:
         if not _NAME.fullmatch(name):
@@ -659,6 +920,7 @@ class _Builder:
         if (
             isinstance(value, bool)
             or not isinstance(value, (int, float))
+            or abs(value) > 1e300
             or not math.isfinite(value)
             or value < minimum
             or (value == minimum and not inclusive)
@@ -687,15 +949,18 @@ def _describe(value: Any, *, secret: bool = False) -> str:
     if secret:
         return f"a value of type {type(value).__name__}"
     if isinstance(value, str):
-        return repr(value if len(value) <= 60 else value[:57] + "...")
+        shown = _mask_raw(value)  # a URL written where something else belongs
+        return repr(shown if len(shown) <= 60 else shown[:57] + "...")
+    if isinstance(value, int) and abs(value) > 10**30:
+        return "a number too large"
     if isinstance(value, (int, float)):
         return repr(value)
     return f"a {type(value).__name__}"
 
 
 def _mask_raw(text: str) -> str:
-    """A URL string that did not parse, with what looks like its password as ``***``."""
-    text = re.sub(r"^([^:/?#@]*://[^:/?#@]*:).*@", r"\1***@", text)
+    """A URL-like string as written, with what looks like its password as ``***``."""
+    text = re.sub(r"^([^:/?#@]*://[^:/?#@]*:).*@", r"\1***@", text, flags=re.DOTALL)
     return re.sub(r"((?:pass|pwd|secret|token)[^=&]*=)[^&]*", r"\1***", text, flags=re.IGNORECASE)
 
 

@@ -30,7 +30,8 @@ class ConfigError(MultiDBError, ValueError):
     """Raised when the config file or mapping is wrong; says where and how to fix it.
 
     The message reads ``FILE:LINE:COLUMN: key.path: what is wrong``, or
-    ``key.path: what is wrong`` when the config came from a mapping.
+    ``key.path: what is wrong`` when the config came from a mapping; with
+    several mistakes, one such line each, and ``errors`` lists them.
     """
 
     def __init__(
@@ -52,7 +53,30 @@ class ConfigError(MultiDBError, ValueError):
             where = f"{source}:{line}:{column}: {where}"
         elif source is not None:
             where = f"{source}: {where}"
+        self.errors: list[ConfigError] = [self]
         super().__init__(f"{where}{problem}")
+
+    @classmethod
+    def combine(cls, errors: Iterable[ConfigError]) -> ConfigError:
+        """One error reporting all of ``errors`` (one per line, in file order).
+
+        Its ``source``, ``line``, ``column`` and ``key_path`` are the first one's;
+        ``errors`` lists them all.
+        """
+        ordered = sorted(errors, key=lambda e: (e.line or 0, e.column or 0))
+        if len(ordered) == 1:
+            return ordered[0]
+        first = ordered[0]
+        combined = cls(
+            first.problem,
+            source=first.source,
+            line=first.line,
+            column=first.column,
+            key_path=first.key_path,
+        )
+        combined.errors = ordered
+        combined.args = ("\n".join(str(e) for e in ordered),)
+        return combined
 
 
 class UnknownNameError(MultiDBError, LookupError):

@@ -754,7 +754,8 @@ class Registry:
 
 
 class _SessionScope:
-    """The context manager :meth:`Registry.session` returns."""
+    """The context manager :meth:`Registry.session` returns: commit (not for a read
+    session), or roll back on an error; always close."""
 
     __slots__ = ("_maker", "_session")
 
@@ -773,7 +774,11 @@ class _SessionScope:
     ) -> None:
         session = self._session
         try:
-            if exc_type is None:
+            # A read session has nothing to commit: closing ends its transaction
+            # without expiring what it loaded.
+            if exc_type is None and isinstance(session, ReadSession):
+                session.flush()  # refuses pending changes; sends nothing when there are none
+            elif exc_type is None:
                 session.commit()
             else:
                 try:

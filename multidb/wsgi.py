@@ -64,9 +64,7 @@ class ReadYourWritesMiddleware:
         )
         self._environ_key = "HTTP_" + header.upper().replace("-", "_")
 
-    def __call__(
-        self, environ: WSGIEnvironment, start_response: StartResponse
-    ) -> Iterable[bytes]:
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         # The request's context is a copy: the scope and role set in it stay in it, and
         # the response body (a generator, maybe) is iterated in it too.
         context = contextvars.copy_context()

@@ -439,7 +439,8 @@ def test_all_replicas_dead_falls_back_to_the_primary(tmp_path: Path) -> None:
         seen = Seen(registry)
         with registry.session("main", role="read") as s:
             assert s.scalar(select(User.name)) == "ada"
-        assert seen.engines() == ["main.primary", "main.primary"]  # query_only on, the read
+            assert s.execute(text("PRAGMA query_only")).scalar() == 1  # set on the driver
+        assert seen.engines() == ["main.primary", "main.primary"]  # the read, the PRAGMA
         assert registry.stats()["main.primary"].fallbacks == 1
 
 
