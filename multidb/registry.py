@@ -703,7 +703,7 @@ class Registry:
         if role is None and (name is None or name in self.config.databases):
             role = _causal.request_role.get()
         maker, routed = self._aio.factory(name, role)
-        if routed and self._watched and self._monitor is None:
+        if routed and self._watched and not self._probed():
             self._start_monitor_off_loop()
         return maker
 
@@ -717,7 +717,7 @@ class Registry:
             role = _causal.request_role.get()
         maker, routed = self._aio.factory(name, role)
         ready = None
-        if routed and self._watched and self._monitor is None:
+        if routed and self._watched and not self._probed():
             ready = self._start_monitor  # waited for in a worker thread, not on the loop
         return aio.AsyncSessionScope(maker, ready)
 
@@ -731,6 +731,11 @@ class Registry:
         await asyncio.to_thread(self.dispose)
         for engine in engines.values():
             await engine.dispose()
+
+    def _probed(self) -> bool:
+        """Whether the health monitor runs and has probed every replica once."""
+        monitor = self._monitor
+        return monitor is not None and monitor.first_round.is_set()
 
     def _start_monitor_off_loop(self) -> None:
         """Start the lag monitor; wait for its first round only where no event loop runs."""

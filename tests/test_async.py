@@ -843,3 +843,23 @@ def test_async_write_and_pinned_sessions_are_counted_like_sync_ones(tmp_path: Pa
             return stats["main.primary"].sessions, stats["main.a"].sessions
 
     assert asyncio.run(main()) == (1, 1)
+
+
+def test_8_concurrent_first_async_reads_with_max_lag_all_use_the_replica(tmp_path: Path) -> None:
+    """Each first session waits, off the loop, for the monitor's first round of probes."""
+    config = _sqlite_async_config(tmp_path)
+    config["databases"]["main"]["routing"] = {"max_lag_seconds": 5, "fallback_to_primary": False}
+
+    async def main() -> list[str | None]:
+        async with Registry.from_dict(config) as dbs:
+            async with dbs.async_session("main.primary") as s:  # the file the replica opens
+                await s.execute(text("CREATE TABLE t (x INTEGER)"))
+
+            async def first_read() -> str | None:
+                async with dbs.async_session("main", role="read") as s:
+                    await s.execute(text("SELECT count(*) FROM t"))
+                    return getattr(s.sync_session, "reader", None)
+
+            return list(await asyncio.gather(*(first_read() for _ in range(8))))
+
+    assert asyncio.run(main()) == ["main.a"] * 8
