@@ -28,7 +28,6 @@ from sqlalchemy.orm import Session, SessionTransaction
 
 from .config import Role
 from .observe import Observer, Routed
-from .readonly import _TRANSACTION_READ_ONLY
 from .sessions import ReadSession, ReadSource
 
 if TYPE_CHECKING:
@@ -187,7 +186,10 @@ class _TestConnection(Connection):
     :meth:`discard` ends it, rolling back everything the test did.
     """
 
-    multidb_mirror = True  # what multidb.observe looks for
+    # What multidb.observe looks for, and readonly.begin_read_only: a read session's
+    # server-side mode would outlive its savepoint here (SQLite's PRAGMA) or end the
+    # test transaction (MySQL's START TRANSACTION); the guard flag does that job.
+    multidb_mirror = True
 
     @classmethod
     def open(cls, engine: Engine) -> _TestConnection:
@@ -203,14 +205,6 @@ class _TestConnection(Connection):
 
     def close(self) -> None:
         """Borrowed: stays open for the test."""
-
-    def exec_driver_sql(self, statement: str, *args: Any, **kwargs: Any) -> Any:
-        # A read session's read-only mode would outlive its savepoint here (SQLite's
-        # PRAGMA, the flag) or end the test transaction (MySQL's START TRANSACTION):
-        # the read-only guard, set for the read session's savepoint, does that job.
-        if statement == _TRANSACTION_READ_ONLY.get(self.dialect.name):
-            return None
-        return super().exec_driver_sql(statement, *args, **kwargs)
 
     def discard(self) -> None:
         """Roll back the test transaction and give the connection back to its pool."""

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from servers import PostgresCluster
-from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select, text
+from sqlalchemy import Column, Integer, MetaData, String, Table, event, insert, select, text
 
 from multidb import ReadOnlyError, Registry, UnknownNameError
 
@@ -82,6 +82,27 @@ def test_record_installs_nothing_outside_its_block(dbs: Registry) -> None:
     assert len(statements) == len(inner) == 1
     for name in dbs.engine_names:
         assert not dbs.engine(name).dispatch.before_cursor_execute
+
+
+def test_record_leaves_connections_without_event_dispatch_unless_the_app_listens(
+    dbs: Registry,
+) -> None:
+    """Pins Engine._has_events, which SQLAlchemy sets on listen and never clears on remove:
+    multidb.observe clears it when no ConnectionEvents listener is left, not otherwise."""
+    seen: list[str] = []
+
+    def app_listener(conn: Any, *args: Any) -> None:
+        seen.append("begin")
+
+    primary, replica = dbs.engine("main.primary"), dbs.engine("main.a")
+    event.listen(primary, "begin", app_listener)
+    with dbs.testing.record():
+        bodies(dbs)
+    assert replica._has_events is False
+    assert primary._has_events is True
+    with dbs.session("main", role="write") as s:
+        s.execute(insert(notes).values(body="x"))
+    assert seen, "the application's own listener stopped firing"
 
 
 # -- lag ------------------------------------------------------------------------------------
@@ -207,3 +228,26 @@ def test_mirror_on_postgresql_serves_reads_from_the_tests_transaction_then_rolls
     for server in pg_cluster.servers:
         sql = "SELECT count(*) FROM testing_notes WHERE body = %s"
         assert server.query(sql, (marker,), admin=False) == [(0,)]
+
+
+def test_mirror_serves_a_session_of_several_databases_and_rolls_back_both(
+    dbs: Registry,
+) -> None:
+    other = Table("other_notes", MetaData(), Column("id", Integer, primary_key=True))
+    other.metadata.create_all(dbs.engine("local"))
+    dbs.route(notes, "main")
+    dbs.route(other, "local")
+    with dbs.testing.mirror():
+        with dbs.session(None, role="write") as s:
+            s.execute(insert(notes).values(id=1, body="main"))
+            s.execute(insert(other).values(id=1))
+        with dbs.testing.record() as statements, dbs.session(None, role="read") as s:
+            assert s.scalars(select(notes.c.body)).all() == ["main"]
+            assert s.scalars(select(other.c.id)).all() == [1]
+        assert [(r.engine, r.role) for r in statements] == [
+            ("main.a", "read"),
+            ("local.primary", "read"),
+        ]
+    with dbs.session(None, role="read") as s:
+        assert s.scalars(select(notes.c.body)).all() == []
+        assert s.scalars(select(other.c.id)).all() == []
