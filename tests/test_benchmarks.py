@@ -71,3 +71,17 @@ def test_hotpath_lists_where_the_extra_time_goes(capsys: pytest.CaptureFixture[s
     out = capsys.readouterr().out
     assert len(re.findall(r"^multidb-\w+ W\d: ", out, re.MULTILINE)) == 5
     assert len(re.findall(r"^\s+[+-][\d.]+ us/op", out, re.MULTILINE)) == 10
+
+
+def test_async_overhead_prints_each_contender_row(capsys: pytest.CaptureFixture[str]) -> None:
+    """async_overhead.py: a row per fitting (workload, contender) pair, against its floor."""
+    assert _script("async_overhead").main(["--rounds", "1", "--n", "3"]) == 0
+    out = capsys.readouterr().out
+    reads = ["floor-write", "floor-read", "multidb-write", "multidb-read", "multidb-auto"]
+    writes = ["floor-write", "multidb-write", "multidb-auto"]
+    expected = {"W1": reads, "W2": reads, "W3": writes, "W4": writes}
+    rows = re.findall(r"^(W\d)\s+(\S+)\s+[\d.]+\s+[\d.]+x\s+(floor-\w+)$", out, re.MULTILINE)
+    assert sorted((w, c) for w, c, _ in rows) == sorted(
+        (w, c) for w, contenders in expected.items() for c in contenders
+    )
+    assert "backend sqlite+aiosqlite" in out
