@@ -709,8 +709,11 @@ class _Builder:
     def check_engine(self, name: str, url: URL, driver_path: KeyPath, options: _Options) -> None:
         """What create_engine() would refuse: the dialect, its driver, and the options."""
         dialect = self.dialect(driver_path, url)
+        before = len(self.errors)
         for key, (value, at) in options.items():
             self.collect(self.option_type, at, key, value)
+        if len(self.errors) > before:
+            return  # create_engine() would only fail on the same values again
         values = {key: value for key, (value, _) in options.items()}
         # The pool class decides which pool_* options exist (SQLite :memory: has no QueuePool).
         pool = values.get("poolclass") or getattr(dialect, "get_pool_class", lambda _: None)(url)

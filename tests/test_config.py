@@ -910,3 +910,81 @@ def test_bundled_sqlite_config_replica_opens_the_primary_file_read_only(tmp_path
                 conn.execute(text("INSERT INTO t VALUES (2)"))
     finally:
         replica.dispose()
+
+
+# --- issue 8: every mistake at once, URL parts, 2.x session options, option types ----------
+
+
+def test_several_mistakes_are_reported_together_in_file_order(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        databases:
+          main:
+            primary: sqlite://
+            replicas:
+              a: {url: 'sqlite://', weight: two}
+            routing: {policy: fastest, cooldown_seconds: -1}
+            session: {autocommit: true}
+          other: nosuchdialect://h/d
+        """,
+    )
+    err = load_error(path)
+    assert [(e.line, e.column, e.key_path) for e in err.errors] == [
+        (5, 37, "databases.main.replicas.a.weight"),
+        (6, 23, "databases.main.routing.policy"),
+        (6, 50, "databases.main.routing.cooldown_seconds"),
+        (7, 15, "databases.main.session.autocommit"),
+        (8, 10, "databases.other"),
+    ]
+    assert str(err).splitlines()[0] == (
+        f"{path}:5:37: databases.main.replicas.a.weight: expected a number >= 0, got 'two'"
+    )
+    assert len(str(err).splitlines()) == 5
+    assert (err.line, err.column, err.key_path) == (5, 37, "databases.main.replicas.a.weight")
+
+
+def test_an_engine_mapping_may_give_the_url_parts_directly(tmp_path: Path) -> None:
+    (tmp_path / "secret.txt").write_text(f"{SECRET}\n")
+    path = write(
+        tmp_path,
+        """
+        databases:
+          main:
+            primary: {drivername: postgresql+psycopg2, username: app, host: db1,
+                      database: app, password_file: secret.txt, options: {pool_size: 3}}
+            replicas:
+              a: {drivername: postgresql+psycopg2, host: db2, port: 5433, weight: 2}
+        """,
+    )
+    main = load(path).databases["main"]
+    assert (main.primary.url.host, main.primary.url.password) == ("db1", SECRET)
+    assert main.primary.options["pool_size"] == 3
+    assert (main.replicas[0].url.port, main.replicas[0].weight) == (5433, 2.0)
+
+
+def test_session_autocommit_is_refused_with_the_2x_way(tmp_path: Path) -> None:
+    err = dict_error({"databases": {"m": {"url": "sqlite://", "session": {"autocommit": True}}}})
+    assert "no longer take 'autocommit'" in str(err)
+    assert err.key_path == "databases.m.session.autocommit"
+
+
+def test_a_wrong_option_type_is_caught_for_every_engine() -> None:
+    err = dict_error(
+        {
+            "databases": {
+                "m": {
+                    "primary": "sqlite:///a.db",
+                    "replicas": {
+                        "a": {"url": "sqlite:///a.db", "options": {"pool_size": "ten"}},
+                        "b": {"url": "sqlite:///a.db", "options": {"pool_size": "x"}},
+                    },
+                }
+            }
+        }
+    )
+    assert [e.key_path for e in err.errors] == [
+        "databases.m.replicas.a.options.pool_size",
+        "databases.m.replicas.b.options.pool_size",
+    ]
+    assert str(err.errors[0]).endswith("expected a whole number, got 'ten'")

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from multidb import ConfigError, Registry
 from multidb.cli import main
 
-EXAMPLES = int(os.environ.get("MULTIDB_FUZZ_EXAMPLES", "1000"))
+EXAMPLES = int(os.environ.get("MULTIDB_FUZZ_EXAMPLES", "2000"))
 FUZZ = settings(
     max_examples=EXAMPLES,
     deadline=None,
