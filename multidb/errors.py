@@ -19,6 +19,7 @@ __all__ = [
     "RoutingError",
     "UnknownNameError",
     "closest",
+    "one_line",
 ]
 
 
@@ -114,3 +115,9 @@ def closest(word: str, choices: Iterable[str]) -> str | None:
     """The choice most like ``word``, or None when nothing is close."""
     matches = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return matches[0] if matches else None
+
+
+def one_line(error: BaseException) -> str:
+    """The first line of an error's message, or its class name when it has none."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__

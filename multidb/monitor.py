@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from sqlalchemy.engine import Engine
 
 from .config import DatabaseConfig, EngineConfig
+from .errors import one_line
 from .probes import ServerState, applied_position, covers, probe
 from .router import Router
 
@@ -120,7 +121,7 @@ class _Worker:
                 slot.answer = work()
             except Exception as exc:  # any failure is the engine's answer
                 slot.answer = Answer(
-                    self._name, False, None, None, None, time.monotonic(), _one_line(exc)
+                    self._name, False, None, None, None, time.monotonic(), one_line(exc)
                 )
             finally:
                 slot.done.set()
@@ -371,8 +372,3 @@ def _wait(done: threading.Event, deadline: float, stop: threading.Event | None) 
         if remaining <= 0 or (stop is not None and stop.is_set()):
             return
         done.wait(remaining if stop is None else min(remaining, 0.05))
-
-
-def _one_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__

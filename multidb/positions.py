@@ -25,6 +25,8 @@ from sqlalchemy.engine import Connection, Engine
 
 from . import causal
 from .causal import Position
+from .errors import one_line
+from .readonly import scalar_outside_transaction
 from .statements import Kind, classify_text
 
 __all__ = ["applied", "backend", "install_capture"]
@@ -90,7 +92,7 @@ def install_capture(engine: Engine, database: str) -> None:
                     "causal: %s: reading the primary's position after a commit failed,"
                     " reads go to the primary for causal_ttl_seconds: %s",
                     database,
-                    _one_line(exc),
+                    one_line(exc),
                 )
                 position = Position("primary", None, time.time())
         causal.ensure().record(database, position)
@@ -119,10 +121,10 @@ def _info(dbapi_connection: Any) -> dict[str, Any] | None:
 
 def _primary_position(kind: str, dbapi_connection: Any) -> Position | None:
     if kind == "postgresql":
-        text = _scalar(dbapi_connection, "SELECT pg_current_wal_lsn()::text")
+        text = scalar_outside_transaction(dbapi_connection, "SELECT pg_current_wal_lsn()::text")
         lsn = causal.parse_lsn(str(text))
         return None if lsn is None else Position("lsn", lsn, time.time())
-    text = _scalar(dbapi_connection, "SELECT @@last_gtid")
+    text = scalar_outside_transaction(dbapi_connection, "SELECT @@last_gtid")
     gtids = causal.parse_gtids(str(text or ""))
     if not gtids:  # the transaction wrote nothing to the binary log
         return None
@@ -141,7 +143,7 @@ def applied(connection: Connection, required: Position, wait: float) -> tuple[bo
     if kind == "postgresql":
         sql = "SELECT pg_last_wal_replay_lsn()::text"
         while True:
-            text = _scalar(dbapi_connection, sql)
+            text = scalar_outside_transaction(dbapi_connection, sql)
             lsn = causal.parse_lsn(str(text)) if text is not None else None
             have = None if lsn is None else Position("lsn", lsn, 0.0)
             if causal.covers(have, required) or time.monotonic() >= deadline:
@@ -151,33 +153,11 @@ def applied(connection: Connection, required: Position, wait: float) -> tuple[bo
     if kind == "mariadb":
         if wait > 0:
             # Formatted from integers we parsed: nothing from outside is interpolated.
-            _scalar(dbapi_connection, f"SELECT MASTER_GTID_WAIT('{required.text()}', {wait:.3f})")
-        text = _scalar(dbapi_connection, "SELECT @@gtid_slave_pos")
+            scalar_outside_transaction(
+                dbapi_connection, f"SELECT MASTER_GTID_WAIT('{required.text()}', {wait:.3f})"
+            )
+        text = scalar_outside_transaction(dbapi_connection, "SELECT @@gtid_slave_pos")
         gtids = causal.parse_gtids(str(text or ""))
         have = None if gtids is None else Position("gtid", gtids, 0.0)
         return causal.covers(have, required), None if text is None else str(text)
     return True, None  # no positions here: nothing to wait for
-
-
-def _scalar(dbapi_connection: Any, sql: str) -> Any:
-    """Run one query outside a transaction on a DBAPI connection; its first value."""
-    autocommit = getattr(dbapi_connection, "autocommit", None)
-    toggle = autocommit is False  # psycopg2, psycopg, and SQLAlchemy's asyncio adapters
-    if toggle:
-        dbapi_connection.autocommit = True
-    try:
-        cursor = dbapi_connection.cursor()
-        try:
-            cursor.execute(sql)
-            row = cursor.fetchone()
-        finally:
-            cursor.close()
-    finally:
-        if toggle:
-            dbapi_connection.autocommit = False
-    return None if row is None else row[0]
-
-
-def _one_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__

@@ -34,7 +34,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from .errors import ReadOnlyError
 from .statements import read_refusal, resets_state
 
-__all__ = ["begin_read_only", "install_primary", "install_replica"]
+__all__ = ["begin_read_only", "install_primary", "install_replica", "scalar_outside_transaction"]
 
 log = logging.getLogger("multidb.routing")
 
@@ -161,7 +161,7 @@ def _install_reset(engine: Engine, role: str) -> None:
             # MariaDB names the variable tx_read_only; MySQL 8 only transaction_read_only.
             mariadb = getattr(engine.dialect, "is_mariadb", False)
             sql = reset_sql.format("tx_read_only" if mariadb else "transaction_read_only")
-            if not _scalar_outside_transaction(dbapi_connection, sql):
+            if not scalar_outside_transaction(dbapi_connection, sql, rollback=True):
                 # Raising here makes the pool discard the connection (logged by SQLAlchemy).
                 raise ReadOnlyError(
                     "a read session changed its connection's read-only setting; "
@@ -169,8 +169,13 @@ def _install_reset(engine: Engine, role: str) -> None:
                 )
 
 
-def _scalar_outside_transaction(dbapi_connection: Any, sql: str) -> Any:
-    """Run one query outside any transaction (autocommit where the driver has it)."""
+def scalar_outside_transaction(dbapi_connection: Any, sql: str, *, rollback: bool = False) -> Any:
+    """Run one query outside any transaction (autocommit where the driver has it); its first value.
+
+    Where the driver has no autocommit switch (PyMySQL), ``rollback=True``
+    ends the transaction the query may have opened; otherwise it is left to
+    the session or the pool to end.
+    """
     autocommit = getattr(dbapi_connection, "autocommit", None)
     toggle = autocommit is False  # psycopg2, psycopg, and SQLAlchemy's asyncio adapters
     if toggle:
@@ -182,7 +187,7 @@ def _scalar_outside_transaction(dbapi_connection: Any, sql: str) -> Any:
             row = cursor.fetchone()
         finally:
             cursor.close()
-        if not toggle:
+        if rollback and not toggle:
             dbapi_connection.rollback()
     finally:
         if toggle:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from .config import DatabaseConfig
+from .errors import one_line
 
 __all__ = [
     "EngineStats",
@@ -336,7 +337,7 @@ class Router:
             self.database,
             name,
             self.cooldown_seconds,
-            _one_line(error),
+            one_line(error),
         )
 
     def report_unreachable(self, name: str, reason: str) -> None:
@@ -463,8 +464,3 @@ class Router:
         if events:
             self._log_lag_events(events)
         return rows
-
-
-def _one_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
