@@ -192,6 +192,10 @@ def test_a_delayed_replica_is_waited_for_up_to_causal_wait_seconds(backend: Back
     delayed = backend.replicas[1]
     config = backend.config([delayed], causal_wait_seconds=5, fallback_to_primary=False)
     with Registry.from_dict(config) as dbs, backend.delay():
+        # The first read session waits for the health monitor's first round; after it, the
+        # monitor cannot know of the write below before the read has asked and waited.
+        with dbs.session("db", role="read") as s:
+            s.execute(text("SELECT 1"))
         marker = write_marker(dbs)
         with dbs.session("db", role="read") as s:
             assert backend.where(s) == delayed
