@@ -34,11 +34,19 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from .errors import ReadOnlyError
 from .statements import read_refusal, resets_state
 
-__all__ = ["begin_read_only", "install_primary", "install_replica", "scalar_outside_transaction"]
+__all__ = [
+    "READ_ONLY_OPTION",
+    "begin_read_only",
+    "install_primary",
+    "install_replica",
+    "scalar_outside_transaction",
+]
 
 log = logging.getLogger("multidb.routing")
 
 _FLAG = "multidb_read_only"  # in a pooled connection's info: a read session holds it
+# The execution option of a primary's read-only view: its transactions begin read-only.
+READ_ONLY_OPTION = _FLAG
 _DIRTY = "multidb_reset"  # in a pooled connection's info: reset it before reuse
 
 # Statements that put one connection in read-only mode for good (replicas).

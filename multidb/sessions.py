@@ -37,7 +37,7 @@ from sqlalchemy.orm import UOWTransaction as _UOWTransaction
 from . import causal, positions
 from .causal import Position
 from .errors import NoReplicaAvailableError, ReadOnlyError, RoutingError
-from .readonly import begin_read_only
+from .readonly import READ_ONLY_OPTION, begin_read_only
 from .router import Router
 from .routes import DatabaseRouter, RouteTable
 from .statements import Kind, classify
@@ -75,6 +75,7 @@ class ReadSource:
         self.causal_wait_seconds = causal_wait_seconds
         self.causal_ttl_seconds = causal_ttl_seconds
         self._kind: str | None = None  # the kind of position this database's primary writes
+        self._read_only_view: tuple[Any, Any] = (None, None)  # (primary engine, its view)
 
     def required(self) -> Position | None:
         """The position the current causal scope holds for this database, if any.
@@ -155,6 +156,23 @@ class ReadSource:
             "or allow falling back to the primary"
         )
 
+    def read_only_primary(self) -> Engine | Connection:
+        """The primary, as read sessions use it: every transaction begins read-only.
+
+        A view of the same engine (``Engine.execution_options``: same pool,
+        same dialect) whose connections carry ``multidb_read_only``, which
+        the read session's ``after_begin`` hook and the write guard look for.
+        """
+        engine = self.engine(self.primary)
+        base, view = self._read_only_view
+        if base is not engine:
+            # multidb.testing.mirror() lends a Connection: its own hooks keep it read-only.
+            view = engine
+            if isinstance(engine, Engine):
+                view = engine.execution_options(**{READ_ONLY_OPTION: True})
+            self._read_only_view = (engine, view)
+        return view  # type: ignore[no-any-return]
+
     def may_retry(self, name: str) -> bool:
         """Whether a read that failed on ``name`` may move to another engine."""
         return self.pinned is None and name != self.primary
@@ -191,31 +209,39 @@ def _covering(required: Position) -> Any:
 
 
 class _Reader:
-    """One database's reads in one session: its engine, chosen once, checked out per transaction."""
+    """One database's reads in one session: the engine chosen for them, kept until it closes."""
 
-    __slots__ = ("connection", "failed", "name", "on_primary", "source")
+    __slots__ = ("failed", "name", "on_primary", "read_only", "source", "used_in")
 
     def __init__(self, source: ReadSource) -> None:
         self.source = source
         self.name: str | None = None  # the engine this session reads from, once chosen
-        self.connection: Connection | None = None  # this transaction's, checked out
         self.failed: frozenset[str] = frozenset()
         self.on_primary = False  # auto sessions: once true, every statement goes to the primary
+        self.read_only = False  # read sessions: reads on a primary go through its read-only view
+        self.used_in: object = None  # several-database sessions: the transaction it last served
 
-    def bind(self, ping: bool) -> Connection:
-        connection = self.connection
-        if connection is None:
-            connection = self.connection = self._settle(ping)
-        return connection
+    def engine(self, settle: bool, probe: bool = False) -> Engine | Connection:
+        """The engine to read from: the one chosen for this session, or a new choice.
 
-    def _settle(self, ping: bool) -> Connection:
-        """Choose the engine to read from and check out a connection that works.
-
-        A replica whose connection cannot be opened is ejected and the next
-        one tried; one that has not applied the scope's position (after
-        ``causal_wait_seconds``) is skipped for this session. Nothing has run
-        on the connection it returns.
+        SQLAlchemy checks the connection out of it (and gives it back) as it
+        does for any bound engine. A connection that cannot be opened, or a
+        dead pooled one, is found by the transaction's first statement, which
+        :meth:`_ReplicaReads._execute_internal` then runs on the next engine.
+        ``settle`` (the transaction's first use of this database) chooses
+        again if need be and applies the causal scope; only two cases open a
+        connection here first: a scope position the router does not know the
+        replica has applied, and ``probe`` (a statement of another database
+        already ran in this transaction, so a failure later could not be moved).
         """
+        source = self.source
+        name = self._settle(probe) if settle or self.name is None else self.name
+        if self.read_only and name == source.primary:
+            return source.read_only_primary()
+        return source.engine(name)  # type: ignore[no-any-return]
+
+    def _settle(self, probe: bool) -> str:
+        """Choose the engine, testing it first where the docstring of :meth:`engine` says."""
         source = self.source
         required = source.required()
         behind: frozenset[str] = frozenset()
@@ -223,49 +249,33 @@ class _Reader:
             name = self.name
             if name is None or name in self.failed or name in behind:
                 name = source.pick(self.failed, behind, required)
-            connection: Connection | None = None
-            try:
-                connection = source.engine(name).connect()
-                if ping:
-                    raw = connection.connection.dbapi_connection
-                    connection.dialect.do_ping(raw)  # type: ignore[arg-type]
-                if (
-                    required is not None
-                    and name != source.primary
-                    and not source.known_applied(name, required)
-                    and not source.check_applied(connection, name, required)
-                ):
-                    connection.close()
-                    behind |= {name}
+            check = required
+            if check is not None and (name == source.primary or source.known_applied(name, check)):
+                check = None
+            if check is not None or (probe and source.may_retry(name)):
+                try:
+                    with source.engine(name).connect() as connection:
+                        if check is not None and not source.check_applied(connection, name, check):
+                            behind |= {name}
+                            continue
+                except Exception as exc:
+                    if not source.may_retry(name) or not _connection_lost(exc):
+                        raise
+                    self.failed_on(name, exc)
                     continue
-            except Exception as exc:
-                if connection is not None:
-                    _drop(connection)
-                if not source.may_retry(name) or not _connection_lost(exc):
-                    raise
-                source.failed(name, exc)
-                self.failed |= {name}
-                continue
             self.name = name
-            return connection
+            return name
 
-    def lost(self) -> bool:
-        """Whether this transaction's replica connection died and the read may move on."""
-        connection, name = self.connection, self.name
-        if connection is None or not connection.invalidated or name is None:
-            return False
-        return self.source.may_retry(name)
-
-    def release(self) -> None:
-        """Give the connection back to its pool; the session keeps its engine."""
-        connection, self.connection = self.connection, None
-        if connection is not None:
-            connection.close()
+    def failed_on(self, name: str, exc: BaseException) -> None:
+        """Leave replica ``name`` out: for the router's cooldown, and for this session."""
+        self.source.failed(name, exc)
+        self.failed |= {name}
 
     def reset(self) -> None:
         self.name = None
         self.failed = frozenset()
         self.on_primary = False
+        self.used_in = None
 
 
 class _ReplicaReads(Session):
@@ -275,6 +285,8 @@ class _ReplicaReads(Session):
     routed model (``dbs.session(None, ...)``) gets ``multidb_databases`` and
     ``multidb_routes`` and picks the database of each statement first.
     """
+
+    _read_only = False  # ReadSession: reads on a primary use its read-only view
 
     def __init__(
         self,
@@ -287,12 +299,17 @@ class _ReplicaReads(Session):
     ) -> None:
         super().__init__(bind=bind, **kwargs)
         self.multidb_reads = multidb_reads
-        self._single = None if multidb_reads is None else _Reader(multidb_reads)
+        single = None
+        if multidb_reads is not None:
+            single = _Reader(multidb_reads)
+            single.read_only = self._read_only
+        self._single = single
         self._sources = multidb_databases or {}
         self._routes = multidb_routes
         self._readers: dict[str, _Reader] = {}
-        self._ran = False  # a statement of this transaction has completed: no more retries
-        self._ping = False  # the next checkout hands a raw connection out: test it first
+        self._ran_in: object = None  # the transaction a statement has completed in: no retries
+        self._first = True  # the statement being run is its transaction's first
+        self._bound: _Reader | None = None  # whose replica the statement being run went to
 
     @property
     def reader(self) -> str | None:
@@ -318,41 +335,83 @@ class _ReplicaReads(Session):
                     f"have (databases: {', '.join(self._sources)})"
                 )
             reader = self._readers[name] = _Reader(source)
+            reader.read_only = self._read_only
         return reader
+
+    def _read_bind(self, reader: _Reader) -> Engine | Connection:
+        """The bind for a read of ``reader``'s database in this transaction."""
+        self._bound = reader
+        if reader is self._single:
+            return reader.engine(self._first)
+        # Several databases: this one's first statement may follow another database's.
+        transaction = self.get_transaction()
+        if reader.used_in is transaction:
+            return reader.engine(False)
+        reader.used_in = transaction
+        return reader.engine(True, probe=self._ran_in is transaction)
 
     def _all_readers(self) -> list[_Reader]:
         return [self._single] if self._single is not None else list(self._readers.values())
 
     def _execute_internal(self, *args: Any, **kwargs: Any) -> Any:
-        """Run a statement; the transaction's first one moves on if its pooled connection died."""
-        if self._ran or kwargs.get("_parent_execute_state") is not None:
+        """Run a statement; the transaction's first one moves on if its replica is unreachable.
+
+        Nothing of the transaction has run before it, so rolling back loses
+        no work, and the statement itself did not reach the server.
+        """
+        transaction = self.get_transaction()
+        if (
+            transaction is not None and transaction is self._ran_in
+        ) or kwargs.get("_parent_execute_state") is not None:
             return super()._execute_internal(*args, **kwargs)
         while True:
+            self._bound = None
+            self._first = True
             try:
                 result = super()._execute_internal(*args, **kwargs)
-            except DBAPIError as exc:
-                lost = [r for r in self._all_readers() if r.lost()]
-                if not lost:
+            except Exception as exc:
+                if not self._move_on(exc):
                     raise
-                for reader in lost:
-                    assert reader.name is not None
-                    reader.source.failed(reader.name, exc)
-                    reader.failed |= {reader.name}
-                # Nothing of this transaction has run: dropping it loses no work.
-                self.rollback()
                 continue
-            self._ran = True
+            finally:
+                self._first = False
+            self._ran_in = self.get_transaction()
             return result
+
+    def _move_on(self, exc: BaseException) -> bool:
+        """After a failed first statement: leave its replica out and roll back, if that helps."""
+        reader = self._bound
+        if reader is None or reader.name is None or not reader.source.may_retry(reader.name):
+            return False
+        if not _connection_lost(exc):
+            return False
+        reader.failed_on(reader.name, exc)
+        self.rollback()
+        return True
 
     def connection(self, bind_arguments: Any = None, execution_options: Any = None) -> Connection:
         """The transaction's connection; a replica's is tested before it is handed out."""
-        self._ping = True
-        try:
-            connection = super().connection(bind_arguments, execution_options)
-        finally:
-            self._ping = False
-        self._ran = True  # what runs on it is out of sight: never retry after this
-        return connection
+        transaction = self.get_transaction()
+        first = transaction is None or transaction is not self._ran_in
+        while True:
+            self._bound = None
+            self._first = first
+            try:
+                connection = super().connection(bind_arguments, execution_options)
+            finally:
+                self._first = False
+            if first and self._bound is not None:
+                try:
+                    raw = connection.connection.dbapi_connection
+                    connection.dialect.do_ping(raw)
+                except Exception as exc:
+                    connection.invalidate()
+                    if self._move_on(exc):
+                        continue
+                    raise
+            # What runs on it is out of sight: never retry after this.
+            self._ran_in = self.get_transaction()
+            return connection
 
     def commit(self) -> None:
         """Commit; a transaction that only read ends without error even if its server died."""
@@ -368,13 +427,13 @@ class _ReplicaReads(Session):
             super().close()
         except DBAPIError as exc:
             self._discard(exc, "closing")
-        for reader in self._all_readers():
-            reader.reset()
-
-    def _end_transaction(self) -> None:
-        self._ran = False
-        for reader in self._all_readers():
-            reader.release()
+        single = self._single
+        if single is not None:
+            single.reset()
+        else:
+            for reader in self._readers.values():
+                reader.reset()
+        self._ran_in = None
 
     def _discard(self, exc: DBAPIError, what: str) -> None:
         """A read-only transaction has nothing to keep: log the failure, drop the connection."""
@@ -429,13 +488,6 @@ def _drop(connection: Connection) -> None:
         log.debug("closing a failed connection failed", exc_info=True)
 
 
-@event.listens_for(_ReplicaReads, "after_transaction_end", propagate=True)
-def _release_reader(session: Session, transaction: SessionTransaction) -> None:
-    if transaction.parent is None:
-        assert isinstance(session, _ReplicaReads)
-        session._end_transaction()
-
-
 class ReadSession(_ReplicaReads):
     """A read-only session on one engine per database, picked when the session first needs one.
 
@@ -446,6 +498,8 @@ class ReadSession(_ReplicaReads):
     is in the backend's read-only mode too, also on a primary.
     """
 
+    _read_only = True
+
     def get_bind(
         self,
         mapper: Any = None,
@@ -455,14 +509,16 @@ class ReadSession(_ReplicaReads):
         database: str | None = None,
         **kwargs: Any,
     ) -> Engine | Connection:
-        return self._reader_for(mapper, clause, database).bind(self._ping)
+        return self._read_bind(self._reader_for(mapper, clause, database))
 
     def _execute_internal(self, statement: Any, *args: Any, **kwargs: Any) -> Any:
         """Refuse a write, or an explicit bind, before anything is sent; then run it."""
-        _refuse_bind(self, kwargs.get("bind_arguments"))
+        bind_arguments = kwargs.get("bind_arguments")
+        if bind_arguments:
+            _refuse_bind(self, bind_arguments)
         if (
-            _role_option(statement, kwargs.get("execution_options")) == "write"
-            or classify(statement) is Kind.WRITE
+            classify(statement) is Kind.WRITE
+            or _role_option(statement, kwargs.get("execution_options")) == "write"
         ):
             raise ReadOnlyError(
                 f"{_databases(self)}: a read session cannot run "
@@ -507,12 +563,10 @@ def _refuse_flush(session: Session, flush_context: _UOWTransaction, instances: A
 def _read_only_on_primary(
     session: Session, transaction: SessionTransaction, connection: Connection
 ) -> None:
-    assert isinstance(session, ReadSession)
-    # Replica connections are read-only from the moment they connect.
-    for reader in session._all_readers():
-        on_primary = reader.name == reader.source.primary and reader.connection is not None
-        if on_primary and reader.connection.engine is connection.engine:  # type: ignore[union-attr]
-            begin_read_only(connection)
+    # Replica connections are read-only from the moment they connect; a primary's
+    # read-only view (ReadSource.read_only_primary) marks the transactions to make so.
+    if connection.get_execution_options().get(READ_ONLY_OPTION) is True:
+        begin_read_only(connection)
 
 
 class AutoSession(_ReplicaReads):
@@ -549,7 +603,7 @@ class AutoSession(_ReplicaReads):
             if multidb_kind is None:
                 multidb_kind = Kind.WRITE if clause is None else classify(clause)
             if multidb_kind is Kind.READ:
-                return reader.bind(self._ping)
+                return self._read_bind(reader)
             reader.on_primary = True
             log.debug(
                 "%s: %s -> %s (auto: first statement that is not a read)",
@@ -557,23 +611,26 @@ class AutoSession(_ReplicaReads):
                 _describe(clause),
                 source.primary,
             )
+        self._bound = None
         return source.engine(source.primary)  # type: ignore[no-any-return]
 
     def _execute_internal(self, statement: Any, *args: Any, **kwargs: Any) -> Any:
         """Classify the statement (rule 2's option, else what it is) for :meth:`get_bind`."""
-        if self._single is None or not self._single.on_primary:
+        single = self._single
+        if single is None or not single.on_primary:
             role = _role_option(statement, kwargs.get("execution_options"))
             kind = (
-                Kind.READ
+                classify(statement)
+                if role is None
+                else Kind.READ
                 if role == "read"
                 else Kind.WRITE
-                if role == "write"
-                else classify(statement)
             )
-            kwargs["bind_arguments"] = {
-                **(kwargs.get("bind_arguments") or {}),
-                "multidb_kind": kind,
-            }
+            bind_arguments = kwargs.get("bind_arguments")
+            if bind_arguments:
+                kwargs["bind_arguments"] = {**bind_arguments, "multidb_kind": kind}
+            else:
+                kwargs["bind_arguments"] = {"multidb_kind": kind}
         return super()._execute_internal(statement, *args, **kwargs)
 
 
