@@ -20,13 +20,13 @@ import logging
 import time
 from typing import Any
 
-from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
 from . import causal
 from .causal import Position
 from .errors import one_line
-from .readonly import scalar_outside_transaction
+from .hooks import before_execute
+from .readonly import pool_info, scalar_outside_transaction
 from .statements import Kind, classify_text
 
 __all__ = ["applied", "backend", "install_capture"]
@@ -59,26 +59,23 @@ def install_capture(engine: Engine, database: str) -> None:
     """
     dialect = engine.dialect
 
-    def _note_write(cursor: Any, statement: str, parameters: Any, context: Any = None) -> None:
-        if context is None:  # do_execute_no_params passes (cursor, statement, context)
-            context = parameters
+    def _note_write(statement: str, context: Any) -> None:
         # A read session on this primary (its Connection flagged read-only) never writes.
         if classify_text(statement) is not Kind.READ and not context.execution_options.get(
             "multidb_read_only"
         ):
-            info = _info(context.root_connection)
+            info = pool_info(context.root_connection)
             if info is not None:  # None: the dialect's own first-connect queries
                 info[_WROTE] = True
 
-    for name in ("do_execute", "do_executemany", "do_execute_no_params"):
-        event.listen(engine, name, _note_write)
+    before_execute(engine, _note_write)
 
     commit = dialect.do_commit
     rollback = dialect.do_rollback
 
     def do_commit(dbapi_connection: Any) -> None:
         commit(dbapi_connection)
-        info = _info(dbapi_connection)
+        info = pool_info(dbapi_connection)
         if info is None or not info.pop(_WROTE, False):
             return
         position: Position | None = None
@@ -100,7 +97,7 @@ def install_capture(engine: Engine, database: str) -> None:
             log.debug("causal: %s: wrote at %s", database, position.text())
 
     def do_rollback(dbapi_connection: Any) -> None:
-        info = _info(dbapi_connection)
+        info = pool_info(dbapi_connection)
         if info is not None:
             info.pop(_WROTE, None)
         rollback(dbapi_connection)
@@ -108,15 +105,6 @@ def install_capture(engine: Engine, database: str) -> None:
     # Dialect instances are per engine; do_commit/do_rollback are public Dialect methods.
     dialect.do_commit = do_commit  # type: ignore[method-assign]
     dialect.do_rollback = do_rollback  # type: ignore[method-assign]
-
-
-def _info(dbapi_connection: Any) -> dict[str, Any] | None:
-    """The pool's info dict of the connection a dialect method was given, when it has one."""
-    try:
-        info = dbapi_connection.info  # a pooled connection's proxy
-    except (AttributeError, NotImplementedError):  # a raw or ad-hoc connection (first connect)
-        return None
-    return info if isinstance(info, dict) else None
 
 
 def _primary_position(kind: str, dbapi_connection: Any) -> Position | None:

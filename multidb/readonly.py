@@ -24,6 +24,7 @@ a function not known to be harmless pay for that reset (one round trip).
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -32,6 +33,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from .errors import ReadOnlyError
+from .hooks import before_execute
 from .statements import read_refusal, resets_state
 
 __all__ = [
@@ -39,6 +41,7 @@ __all__ = [
     "begin_read_only",
     "install_primary",
     "install_replica",
+    "pool_info",
     "scalar_outside_transaction",
 ]
 
@@ -93,15 +96,20 @@ def install_replica(engine: Engine, name: str) -> None:
             if dialect != "sqlite":
                 dbapi_connection.commit()
 
-    def _refuse(cursor: Any, statement: str, parameters: Any, context: Any = None) -> None:
-        if context is None:  # do_execute_no_params passes (cursor, statement, context)
-            context = parameters
-        info = _info(context.root_connection)
+    def _refuse(statement: str, context: Any) -> None:
+        reason, resets = _verdict(statement, dialect)
+        if reason is None and context.execution_options.get("isolation_level") == "AUTOCOMMIT":
+            reason = _AUTOCOMMIT
+        if reason is None and not resets:
+            return
+        info = pool_info(context.root_connection)
         if info is None:  # the dialect's own first-connect queries
             return
-        _check(name, dialect, statement, context, info)
+        if reason is not None:
+            raise ReadOnlyError(_refusal(name, statement, reason))
+        info[_DIRTY] = True
 
-    _guard(engine, _refuse)
+    before_execute(engine, _refuse)
     _install_reset(engine, "replica")
 
 
@@ -109,72 +117,91 @@ def install_primary(engine: Engine, name: str) -> None:
     """Refuse what is not a read on ``engine``'s connections while a read session holds them."""
     dialect = engine.dialect.name
 
-    def _refuse(cursor: Any, statement: str, parameters: Any, context: Any = None) -> None:
-        if context is None:  # do_execute_no_params passes (cursor, statement, context)
-            context = parameters
+    def _refuse(statement: str, context: Any) -> None:
         # The flag sits in the pool's record of the DBAPI connection, out of reach of
         # execution options: a read session cannot talk its way out of it.
-        info = _info(context.root_connection)
+        info = pool_info(context.root_connection)
         # The execution option can switch the guard on (multidb.testing's shared connections),
         # never off.
         if info is not None and (info.get(_FLAG) or context.execution_options.get(_FLAG) is True):
             _check(name, dialect, statement, context, info)
 
-    _guard(engine, _refuse)
+    before_execute(engine, _refuse)
     _install_reset(engine, "primary")
 
 
 def _check(name: str, dialect: str, statement: str, context: Any, info: dict[str, Any]) -> None:
     """Refuse ``statement`` unless it only reads; note when it may leave state behind."""
-    reason = read_refusal(statement, dialect)
+    reason, resets = _verdict(statement, dialect)
     if reason is None and context.execution_options.get("isolation_level") == "AUTOCOMMIT":
-        reason = "AUTOCOMMIT (it would end the read-only transaction after each statement)"
+        reason = _AUTOCOMMIT
     if reason is not None:
         raise ReadOnlyError(_refusal(name, statement, reason))
-    if resets_state(statement, dialect):
+    if resets:
         info[_DIRTY] = True
 
 
-def _guard(engine: Engine, refuse: Any) -> None:
-    """Run ``refuse`` before each statement is sent.
+@functools.lru_cache(maxsize=4096)
+def _verdict(statement: str, dialect: str) -> tuple[str | None, bool]:
+    """Why ``statement`` may not run on a read-only connection (None: it may), and whether
+    it calls a function that may leave state behind (a lock) for the reset to clear."""
+    return read_refusal(statement, dialect), resets_state(statement, dialect)
 
-    A dialect event, not ``before_cursor_execute``: any ConnectionEvents
-    listener on an engine makes every Connection of it dispatch through a
-    joined event dispatcher at each step of every statement (about 15-25 us
-    per session on SQLite); ``do_execute`` costs one call per statement.
-    """
-    for name in ("do_execute", "do_executemany", "do_execute_no_params"):
-        event.listen(engine, name, refuse)
+
+_AUTOCOMMIT = "AUTOCOMMIT (it would end the read-only transaction after each statement)"
 
 
 def _install_reset(engine: Engine, role: str) -> None:
-    """Reset what a read session left on a connection before the pool hands it out again."""
-    dialect = engine.dialect.name
-    backend = "mysql" if dialect == "mariadb" else dialect
-    reset_sql = _RESET.get((backend, role))
+    """Reset what a read session left on a connection when its transaction ends.
 
-    @event.listens_for(engine, "reset")
-    def _reset(dbapi_connection: Any, record: ConnectionPoolEntry, state: Any) -> None:
-        info = record.info
+    Wraps the dialect's ``do_commit`` and ``do_rollback`` (as
+    :mod:`multidb.positions` does): every transaction ends in one of them,
+    the pool's reset of a connection given back mid-transaction included, so
+    nothing a read session left reaches the next user of the connection. A
+    connection that ends no flagged transaction pays one dict lookup; no pool
+    event is dispatched at each check-in.
+    """
+    dialect = engine.dialect
+    name = dialect.name
+    backend = "mysql" if name == "mariadb" else name
+    reset_sql = _RESET.get((backend, role))
+    commit = dialect.do_commit
+    rollback = dialect.do_rollback
+
+    def reset(connection: Any) -> None:
+        info = pool_info(connection)
+        if info is None or (_FLAG not in info and _DIRTY not in info):
+            return
         flagged = info.pop(_FLAG, False)
         dirty = info.pop(_DIRTY, False)
-        if dbapi_connection is None or state.terminate_only or not state.asyncio_safe:
+        raw = getattr(connection, "dbapi_connection", connection)
+        if raw is None:
             return
-        if flagged and dialect == "sqlite":
-            # PRAGMA query_only belongs to the DBAPI connection: switch it off on the way back.
-            dbapi_connection.execute("PRAGMA query_only = OFF")
+        if flagged and name == "sqlite":
+            # PRAGMA query_only belongs to the DBAPI connection: switch it off again.
+            raw.execute("PRAGMA query_only = OFF")
         if dirty and reset_sql is not None:
-            if not state.transaction_was_reset:
-                dbapi_connection.rollback()
             # MariaDB names the variable tx_read_only; MySQL 8 only transaction_read_only.
-            mariadb = getattr(engine.dialect, "is_mariadb", False)
+            mariadb = getattr(dialect, "is_mariadb", False)
             sql = reset_sql.format("tx_read_only" if mariadb else "transaction_read_only")
-            if not scalar_outside_transaction(dbapi_connection, sql, rollback=True):
-                # Raising here makes the pool discard the connection (logged by SQLAlchemy).
-                raise ReadOnlyError(
-                    "a read session changed its connection's read-only setting; "
-                    "the connection was discarded"
+            if not scalar_outside_transaction(raw, sql, rollback=True):
+                log.warning(
+                    "%s: a read session changed its connection's read-only setting; "
+                    "the connection is replaced before its next use",
+                    engine.url.render_as_string(hide_password=True),
                 )
+                connection.invalidate(soft=True)
+
+    def do_commit(dbapi_connection: Any) -> None:
+        commit(dbapi_connection)
+        reset(dbapi_connection)
+
+    def do_rollback(dbapi_connection: Any) -> None:
+        rollback(dbapi_connection)
+        reset(dbapi_connection)
+
+    dialect.do_commit = do_commit  # type: ignore[method-assign]
+    dialect.do_rollback = do_rollback  # type: ignore[method-assign]
 
 
 def scalar_outside_transaction(dbapi_connection: Any, sql: str, *, rollback: bool = False) -> Any:
@@ -203,11 +230,12 @@ def scalar_outside_transaction(dbapi_connection: Any, sql: str, *, rollback: boo
     return None if row is None else row[0]
 
 
-def _info(connection: Any) -> dict[str, Any] | None:
-    """The pool's info dict of a Connection's DBAPI connection; None on first connect."""
+def pool_info(connection: Any) -> dict[str, Any] | None:
+    """The pool's info dict of a Connection or a pooled DBAPI connection; None when it has
+    none (an ad-hoc connection, as on first connect, or a raw one)."""
     try:
         info = connection.info
-    except (AttributeError, NotImplementedError):  # an ad-hoc connection (first connect)
+    except (AttributeError, NotImplementedError):
         return None
     return info if isinstance(info, dict) else None
 

@@ -230,17 +230,24 @@ class Router:
         """
         now = self._clock()
         events: list[str] = []
+        lag_checked = self.max_lag_seconds is not None
         with self._lock:
             usable = [
                 r
                 for r in self._replicas.values()
-                if self._usable(r, now, events) and r.name not in exclude
+                if r.weight > 0
+                and r.down_until <= now
+                and r.answering
+                and (not lag_checked or self._usable(r, now, events))
+                and (not exclude or r.name not in exclude)
             ]
-            chosen: _Replica | None = None
-            if usable:
-                picked = usable[0] if len(usable) == 1 else self._policy.choose(usable)
-                assert isinstance(picked, _Replica)
-                chosen = picked
+            if not usable:
+                chosen = None
+            elif len(usable) == 1:
+                chosen = usable[0]
+            else:
+                chosen = self._policy.choose(usable)  # type: ignore[assignment]
+            if chosen is not None:
                 chosen.sessions += 1
         if events:
             self._log_lag_events(events)

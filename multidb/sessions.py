@@ -360,9 +360,9 @@ class _ReplicaReads(Session):
         no work, and the statement itself did not reach the server.
         """
         transaction = self.get_transaction()
-        if (
-            transaction is not None and transaction is self._ran_in
-        ) or kwargs.get("_parent_execute_state") is not None:
+        if (transaction is not None and transaction is self._ran_in) or kwargs.get(
+            "_parent_execute_state"
+        ) is not None:
             return super()._execute_internal(*args, **kwargs)
         while True:
             self._bound = None
@@ -620,11 +620,7 @@ class AutoSession(_ReplicaReads):
         if single is None or not single.on_primary:
             role = _role_option(statement, kwargs.get("execution_options"))
             kind = (
-                classify(statement)
-                if role is None
-                else Kind.READ
-                if role == "read"
-                else Kind.WRITE
+                classify(statement) if role is None else Kind.READ if role == "read" else Kind.WRITE
             )
             bind_arguments = kwargs.get("bind_arguments")
             if bind_arguments:

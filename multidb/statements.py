@@ -26,7 +26,7 @@ from typing import Any
 
 from sqlalchemy.schema import ExecutableDDLElement
 from sqlalchemy.sql import visitors
-from sqlalchemy.sql.expression import TextClause, TextualSelect
+from sqlalchemy.sql.expression import Select, TextClause, TextualSelect
 
 __all__ = ["Kind", "classify", "classify_text", "read_refusal", "resets_state"]
 
@@ -351,6 +351,10 @@ def classify_text(sql: str) -> Kind:
 
 def classify(statement: Any) -> Kind:
     """Classify a Core or ORM statement object, or a SQL string."""
+    if type(statement) is Select:  # the common case, first
+        if statement._for_update_arg is not None:
+            return Kind.WRITE
+        return Kind.WRITE if _select_writes(statement) else Kind.READ
     if isinstance(statement, str):
         return classify_text(statement)
     if isinstance(statement, TextClause):

@@ -314,11 +314,11 @@ def test_growing_lag_serves_no_read_staler_than_max_lag(backend: Backend) -> Non
             return where
 
         reads: list[tuple[float, int, str]] = []
+        started_of: dict[int, float] = {}  # the Load's, known to read() before its threads start
         writer = threading.Thread(target=write)
         writer.start()
         try:
-            with Load(read, threads=8) as load:
-                started_of = load.starts
+            with Load(read, threads=8, starts=started_of) as load:
                 wait_until(lambda: len(reads) >= 100, timeout=20)
                 with delayed.apply_delay(2):
                     # Lag grows to 2 s, past the limit: the replica goes out.

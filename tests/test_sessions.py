@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from servers import wait_until
-from sqlalchemy import ForeignKey, String, delete, event, func, insert, select, text, update
+from sqlalchemy import ForeignKey, String, delete, func, insert, select, text, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, scoped_session
 from sqlalchemy.sql.schema import Table
 
@@ -44,22 +44,31 @@ class Post(Base):
 class Seen:
     """Records (engine name, SQL) for every statement an engine of a registry hands its driver.
 
-    Listens where the statement goes to the DBAPI cursor (the dialect's
-    ``do_execute`` events), after multidb's own write guard on that engine.
+    Wraps the dialect's ``do_execute`` methods around multidb's own write
+    guard (which wraps them too, see multidb.hooks): a statement the guard
+    refuses (ReadOnlyError) is not recorded, one that reached the driver is,
+    whether the server took it or not.
     """
 
     def __init__(self, registry: Registry) -> None:
         self.statements: list[tuple[str, str]] = []
         for name in registry.engine_names:
-            engine = registry.engine(name)
-            for hook in ("do_execute", "do_executemany", "do_execute_no_params"):
-                event.listen(engine, hook, self._hook(name))
+            dialect = registry.engine(name).dialect
+            for method in ("do_execute", "do_executemany", "do_execute_no_params"):
+                setattr(dialect, method, self._wrap(name, getattr(dialect, method)))
 
-    def _hook(self, name: str) -> Any:
-        def record(cursor: Any, statement: str, *args: Any) -> None:
+    def _wrap(self, name: str, inner: Any) -> Any:
+        def call(cursor: Any, statement: str, *args: Any) -> None:
+            try:
+                inner(cursor, statement, *args)
+            except ReadOnlyError:
+                raise
+            except Exception:
+                self.statements.append((name, " ".join(statement.split())))
+                raise
             self.statements.append((name, " ".join(statement.split())))
 
-        return record
+        return call
 
     def engines(self) -> list[str]:
         return [name for name, _ in self.statements]

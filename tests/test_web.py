@@ -270,9 +270,7 @@ def test_100_post_then_get_pairs_with_a_delayed_standby_0_stale(
 
 @pytest.mark.postgresql
 @pytest.mark.parametrize("framework", FRAMEWORKS)
-def test_the_cookie_is_set_only_by_requests_that_wrote(
-    framework: str, pg_dbs: Registry
-) -> None:
+def test_the_cookie_is_set_only_by_requests_that_wrote(framework: str, pg_dbs: Registry) -> None:
     client = Client(framework, pg_dbs, "db")
     for response in (
         client.get("/ping"),

@@ -9,7 +9,6 @@ commit), ``POST /deferred`` (PostgreSQL: a deferred unique violation raised by
 COMMIT itself), ``GET /ping``.
 """
 
-
 from typing import Annotated, Any, cast
 
 import fastapi
