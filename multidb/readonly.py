@@ -97,17 +97,12 @@ def install_replica(engine: Engine, name: str) -> None:
                 dbapi_connection.commit()
 
     def _refuse(statement: str, context: Any) -> None:
-        reason, resets = _verdict(statement, dialect)
-        if reason is None and context.execution_options.get("isolation_level") == "AUTOCOMMIT":
-            reason = _AUTOCOMMIT
+        reason, resets = _judge(statement, dialect, context)
         if reason is None and not resets:
             return
         info = pool_info(context.root_connection)
-        if info is None:  # the dialect's own first-connect queries
-            return
-        if reason is not None:
-            raise ReadOnlyError(_refusal(name, statement, reason))
-        info[_DIRTY] = True
+        if info is not None:  # None: the dialect's own first-connect queries
+            _enforce(name, statement, reason, resets, info)
 
     before_execute(engine, _refuse)
     _install_reset(engine, "replica")
@@ -132,9 +127,22 @@ def install_primary(engine: Engine, name: str) -> None:
 
 def _check(name: str, dialect: str, statement: str, context: Any, info: dict[str, Any]) -> None:
     """Refuse ``statement`` unless it only reads; note when it may leave state behind."""
+    reason, resets = _judge(statement, dialect, context)
+    _enforce(name, statement, reason, resets, info)
+
+
+def _judge(statement: str, dialect: str, context: Any) -> tuple[str | None, bool]:
+    """:func:`_verdict`, refusing AUTOCOMMIT too (per execution, not cacheable by text)."""
     reason, resets = _verdict(statement, dialect)
     if reason is None and context.execution_options.get("isolation_level") == "AUTOCOMMIT":
         reason = _AUTOCOMMIT
+    return reason, resets
+
+
+def _enforce(
+    name: str, statement: str, reason: str | None, resets: bool, info: dict[str, Any]
+) -> None:
+    """Raise for a refused statement; mark its connection for the reset when it may leave state."""
     if reason is not None:
         raise ReadOnlyError(_refusal(name, statement, reason))
     if resets:

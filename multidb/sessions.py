@@ -213,12 +213,12 @@ class _Reader:
 
     __slots__ = ("failed", "name", "on_primary", "read_only", "source", "used_in")
 
-    def __init__(self, source: ReadSource) -> None:
+    def __init__(self, source: ReadSource, read_only: bool) -> None:
         self.source = source
         self.name: str | None = None  # the engine this session reads from, once chosen
         self.failed: frozenset[str] = frozenset()
         self.on_primary = False  # auto sessions: once true, every statement goes to the primary
-        self.read_only = False  # read sessions: reads on a primary go through its read-only view
+        self.read_only = read_only  # read sessions: reads on a primary use its read-only view
         self.used_in: object = None  # several-database sessions: the transaction it last served
 
     def engine(self, settle: bool, probe: bool = False) -> Engine | Connection:
@@ -299,11 +299,7 @@ class _ReplicaReads(Session):
     ) -> None:
         super().__init__(bind=bind, **kwargs)
         self.multidb_reads = multidb_reads
-        single = None
-        if multidb_reads is not None:
-            single = _Reader(multidb_reads)
-            single.read_only = self._read_only
-        self._single = single
+        self._single = None if multidb_reads is None else _Reader(multidb_reads, self._read_only)
         self._sources = multidb_databases or {}
         self._routes = multidb_routes
         self._readers: dict[str, _Reader] = {}
@@ -334,8 +330,7 @@ class _ReplicaReads(Session):
                     f"bind_arguments names database {name!r}, which this registry does not "
                     f"have (databases: {', '.join(self._sources)})"
                 )
-            reader = self._readers[name] = _Reader(source)
-            reader.read_only = self._read_only
+            reader = self._readers[name] = _Reader(source, self._read_only)
         return reader
 
     def _read_bind(self, reader: _Reader) -> Engine | Connection:
@@ -427,12 +422,8 @@ class _ReplicaReads(Session):
             super().close()
         except DBAPIError as exc:
             self._discard(exc, "closing")
-        single = self._single
-        if single is not None:
-            single.reset()
-        else:
-            for reader in self._readers.values():
-                reader.reset()
+        for reader in self._all_readers():
+            reader.reset()
         self._ran_in = None
 
     def _discard(self, exc: DBAPIError, what: str) -> None:
@@ -478,14 +469,6 @@ def _connection_lost(exc: BaseException) -> bool:
 def _is_operational(exc: BaseException | None) -> bool:
     # PEP 249: OperationalError and InterfaceError are the connection-level errors.
     return exc is not None and type(exc).__name__ in ("OperationalError", "InterfaceError")
-
-
-def _drop(connection: Connection) -> None:
-    try:
-        connection.invalidate()
-        connection.close()
-    except Exception:  # it is going away anyway
-        log.debug("closing a failed connection failed", exc_info=True)
 
 
 class ReadSession(_ReplicaReads):
