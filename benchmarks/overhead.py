@@ -288,9 +288,12 @@ def postgresql_backend() -> Iterator[Backend]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def make_registry(backend: Backend, *, lag: bool, causal: bool = True) -> multidb.Registry:
-    """A registry of one database, ``main``: the backend's primary and replica ``a``."""
-    routing: dict[str, Any] = {"read_your_writes": causal}
+def make_registry(
+    backend: Backend, *, lag: bool, causal: bool = True, **routing: Any
+) -> multidb.Registry:
+    """A registry of one database, ``main``: the backend's primary and replica ``a``;
+    ``routing`` adds to its ``routing:`` section."""
+    routing["read_your_writes"] = causal
     if lag:
         # A limit no healthy replica reaches: the probes run, the routing stays the same.
         routing.update(max_lag_seconds=60, check_interval_seconds=1)

@@ -105,7 +105,8 @@ def install_replica(engine: Engine, name: str) -> None:
             _enforce(name, statement, reason, resets, info)
 
     before_execute(engine, _refuse)
-    _install_reset(engine, "replica")
+    if dialect != "sqlite":  # a SQLite replica keeps nothing to reset: no locks, no settings
+        _install_reset(engine, "replica")
 
 
 def install_primary(engine: Engine, name: str) -> None:

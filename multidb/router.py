@@ -232,15 +232,16 @@ class Router:
         events: list[str] = []
         lag_checked = self.max_lag_seconds is not None
         with self._lock:
-            usable = [
-                r
-                for r in self._replicas.values()
-                if r.weight > 0
-                and r.down_until <= now
-                and r.answering
-                and (not lag_checked or self._usable(r, now, events))
-                and (not exclude or r.name not in exclude)
-            ]
+            usable = []  # a loop, not a comprehension: this runs for every session
+            for r in self._replicas.values():
+                if (
+                    r.weight > 0
+                    and r.down_until <= now
+                    and r.answering
+                    and (not lag_checked or self._usable(r, now, events))
+                    and (not exclude or r.name not in exclude)
+                ):
+                    usable.append(r)
             if not usable:
                 chosen = None
             elif len(usable) == 1:

@@ -211,11 +211,12 @@ def _covering(required: Position) -> Any:
 class _Reader:
     """One database's reads in one session: the engine chosen for them, kept until it closes."""
 
-    __slots__ = ("failed", "name", "on_primary", "read_only", "source", "used_in")
+    __slots__ = ("bind", "failed", "name", "on_primary", "read_only", "source", "used_in")
 
     def __init__(self, source: ReadSource, read_only: bool) -> None:
         self.source = source
         self.name: str | None = None  # the engine this session reads from, once chosen
+        self.bind: Engine | Connection | None = None  # what get_bind returns for it
         self.failed: frozenset[str] = frozenset()
         self.on_primary = False  # auto sessions: once true, every statement goes to the primary
         self.read_only = read_only  # read sessions: reads on a primary use its read-only view
@@ -234,11 +235,17 @@ class _Reader:
         replica has applied, and ``probe`` (a statement of another database
         already ran in this transaction, so a failure later could not be moved).
         """
+        bind = self.bind
+        if bind is not None and not settle:
+            return bind
         source = self.source
         name = self._settle(probe) if settle or self.name is None else self.name
         if self.read_only and name == source.primary:
-            return source.read_only_primary()
-        return source.engine(name)  # type: ignore[no-any-return]
+            bind = source.read_only_primary()
+        else:
+            bind = source.engine(name)
+        self.bind = bind
+        return bind
 
     def _settle(self, probe: bool) -> str:
         """Choose the engine, testing it first where the docstring of :meth:`engine` says."""
@@ -273,6 +280,7 @@ class _Reader:
 
     def reset(self) -> None:
         self.name = None
+        self.bind = None
         self.failed = frozenset()
         self.on_primary = False
         self.used_in = None
@@ -422,8 +430,11 @@ class _ReplicaReads(Session):
             super().close()
         except DBAPIError as exc:
             self._discard(exc, "closing")
-        for reader in self._all_readers():
-            reader.reset()
+        if self._single is not None:
+            self._single.reset()
+        else:
+            for reader in self._readers.values():
+                reader.reset()
         self._ran_in = None
 
     def _discard(self, exc: DBAPIError, what: str) -> None:
@@ -492,7 +503,7 @@ class ReadSession(_ReplicaReads):
         database: str | None = None,
         **kwargs: Any,
     ) -> Engine | Connection:
-        return self._read_bind(self._reader_for(mapper, clause, database))
+        return self._read_bind(self._single or self._reader_for(mapper, clause, database))
 
     def _execute_internal(self, statement: Any, *args: Any, **kwargs: Any) -> Any:
         """Refuse a write, or an explicit bind, before anything is sent; then run it."""
@@ -580,11 +591,11 @@ class AutoSession(_ReplicaReads):
         A session of several databases (``dbs.session(None, role="auto")``)
         first finds the statement's database, and applies the rules per database.
         """
-        reader = self._reader_for(mapper, clause, database)
+        reader = self._single or self._reader_for(mapper, clause, database)
         source = reader.source
         if not reader.on_primary:
             if multidb_kind is None:
-                multidb_kind = Kind.WRITE if clause is None else classify(clause)
+                multidb_kind = _kind(clause, None)
             if multidb_kind is Kind.READ:
                 return self._read_bind(reader)
             reader.on_primary = True
@@ -598,18 +609,12 @@ class AutoSession(_ReplicaReads):
         return source.engine(source.primary)  # type: ignore[no-any-return]
 
     def _execute_internal(self, statement: Any, *args: Any, **kwargs: Any) -> Any:
-        """Classify the statement (rule 2's option, else what it is) for :meth:`get_bind`."""
-        single = self._single
-        if single is None or not single.on_primary:
-            role = _role_option(statement, kwargs.get("execution_options"))
-            kind = (
-                classify(statement) if role is None else Kind.READ if role == "read" else Kind.WRITE
-            )
-            bind_arguments = kwargs.get("bind_arguments")
-            if bind_arguments:
-                kwargs["bind_arguments"] = {**bind_arguments, "multidb_kind": kind}
-            else:
-                kwargs["bind_arguments"] = {"multidb_kind": kind}
+        """Pass rule 2's option of the ``execute()`` call on to :meth:`get_bind`, which
+        sees only the statement."""
+        options = kwargs.get("execution_options")
+        if options and "multidb_role" in options:
+            bind_arguments = kwargs.get("bind_arguments") or {}
+            kwargs["bind_arguments"] = {**bind_arguments, "multidb_kind": _kind(statement, options)}
         return super()._execute_internal(statement, *args, **kwargs)
 
 
@@ -633,6 +638,16 @@ class RoutedSession(_ReplicaReads):
     ) -> Engine | Connection:
         source = self._reader_for(mapper, clause, database).source
         return source.engine(source.primary)  # type: ignore[no-any-return]
+
+
+def _kind(statement: Any, execution_options: Any) -> Kind:
+    """Where an auto session sends ``statement``: its ``multidb_role`` option, else what it is."""
+    if statement is None:  # a flush, or Session.connection()
+        return Kind.WRITE
+    role = _role_option(statement, execution_options)
+    if role is None:
+        return classify(statement)
+    return Kind.READ if role == "read" else Kind.WRITE
 
 
 def _role_option(statement: Any, execution_options: Any) -> Any:

@@ -85,3 +85,15 @@ def test_async_overhead_prints_each_contender_row(capsys: pytest.CaptureFixture[
         (w, c) for w, contenders in expected.items() for c in contenders
     )
     assert "backend sqlite+aiosqlite" in out
+
+
+def test_instructions_counts_a_pair_against_its_floor(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """instructions.py: a row of instructions per operation and a ratio, under callgrind."""
+    argv = ["--n", "2", "--layouts", "1", "--workloads", "W1", "--contenders", "multidb-read"]
+    assert _script("instructions").main(argv) == 0
+    out = capsys.readouterr().out
+    rows = re.findall(r"^(W\d)\s+(\S+)\s+([\d.]+)\s+[\d.]+x\s+(floor-\w+)$", out, re.MULTILINE)
+    assert [(w, c, f) for w, c, _, f in rows] == [("W1", "multidb-read", "floor-read")]
+    assert float(rows[0][2]) > 10  # thousands of instructions: a session is not free
