@@ -34,7 +34,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Literal
@@ -236,9 +236,9 @@ class CausalScope:
 _current: ContextVar[CausalScope | None] = ContextVar("multidb_causal_scope", default=None)
 
 
-def current() -> CausalScope | None:
-    """The scope of this thread or task, or None when nothing opened or wrote in one."""
-    return _current.get()
+# The scope of this thread or task, or None when nothing opened or wrote in one
+# (the ContextVar's own method: read for every routed session, so no Python frame).
+current: Callable[[], CausalScope | None] = _current.get
 
 
 def ensure() -> CausalScope:

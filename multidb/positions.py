@@ -16,6 +16,7 @@ Both run their SQL on the DBAPI connection outside any transaction
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from typing import Any
@@ -25,8 +26,8 @@ from sqlalchemy.engine import Connection, Engine
 from . import causal
 from .causal import Position
 from .errors import one_line
-from .hooks import before_execute
-from .readonly import pool_info, scalar_outside_transaction
+from .hooks import after_transaction, before_execute, pool_info
+from .readonly import scalar_outside_transaction
 from .statements import Kind, classify_text
 
 __all__ = ["applied", "backend", "install_capture"]
@@ -57,26 +58,16 @@ def install_capture(engine: Engine, database: str) -> None:
     writes is not seen. On SQLite, and MySQL without MariaDB GTIDs, only the
     fact that the scope wrote is kept.
     """
-    dialect = engine.dialect
 
     def _note_write(statement: str, context: Any) -> None:
         # A read session on this primary (its Connection flagged read-only) never writes.
-        if classify_text(statement) is not Kind.READ and not context.execution_options.get(
-            "multidb_read_only"
-        ):
+        if _writes(statement) and not context.execution_options.get("multidb_read_only"):
             info = pool_info(context.root_connection)
             if info is not None:  # None: the dialect's own first-connect queries
                 info[_WROTE] = True
 
-    before_execute(engine, _note_write)
-
-    commit = dialect.do_commit
-    rollback = dialect.do_rollback
-
-    def do_commit(dbapi_connection: Any) -> None:
-        commit(dbapi_connection)
-        info = pool_info(dbapi_connection)
-        if info is None or not info.pop(_WROTE, False):
+    def _record(dbapi_connection: Any, info: dict[str, Any], committed: bool) -> None:
+        if not info.pop(_WROTE, False) or not committed:
             return
         position: Position | None = None
         kind = backend(engine)  # known once connected: is_mariadb is read from the server
@@ -96,15 +87,14 @@ def install_capture(engine: Engine, database: str) -> None:
         if position is not None and log.isEnabledFor(logging.DEBUG):
             log.debug("causal: %s: wrote at %s", database, position.text())
 
-    def do_rollback(dbapi_connection: Any) -> None:
-        info = pool_info(dbapi_connection)
-        if info is not None:
-            info.pop(_WROTE, None)
-        rollback(dbapi_connection)
+    before_execute(engine, _note_write)
+    after_transaction(engine, _record)
 
-    # Dialect instances are per engine; do_commit/do_rollback are public Dialect methods.
-    dialect.do_commit = do_commit  # type: ignore[method-assign]
-    dialect.do_rollback = do_rollback  # type: ignore[method-assign]
+
+@functools.lru_cache(maxsize=4096)
+def _writes(statement: str) -> bool:
+    """Whether SQL text counts as a write: anything but a SELECT without a lock."""
+    return classify_text(statement) is not Kind.READ
 
 
 def _primary_position(kind: str, dbapi_connection: Any) -> Position | None:

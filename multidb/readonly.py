@@ -17,9 +17,10 @@ The allow-list refuses whatever would end or change the read-only mode
 (transaction control, ``SET``, ``PRAGMA query_only``, ``ATTACH``, several
 statements in one string), so the session cannot switch it off. What a read
 session may leave on a connection (a session advisory lock taken by a
-function, a setting) is reset when the connection goes back to the pool,
-before any other session gets it; only connections whose statements called
-a function not known to be harmless pay for that reset (one round trip).
+function, a setting) is reset when its transaction ends, at the latest as
+the connection goes back to the pool, before any other session gets it;
+only connections whose statements called a function not known to be
+harmless pay for that reset (one round trip).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from .errors import ReadOnlyError
-from .hooks import before_execute
+from .hooks import after_transaction, before_execute, pool_info
 from .statements import read_refusal, resets_state
 
 __all__ = [
@@ -41,7 +42,6 @@ __all__ = [
     "begin_read_only",
     "install_primary",
     "install_replica",
-    "pool_info",
     "scalar_outside_transaction",
 ]
 
@@ -114,22 +114,19 @@ def install_primary(engine: Engine, name: str) -> None:
     dialect = engine.dialect.name
 
     def _refuse(statement: str, context: Any) -> None:
+        reason, resets = _judge(statement, dialect, context)
+        if reason is None and not resets:
+            return  # a plain read: allowed whoever holds the connection
         # The flag sits in the pool's record of the DBAPI connection, out of reach of
         # execution options: a read session cannot talk its way out of it.
         info = pool_info(context.root_connection)
         # The execution option can switch the guard on (multidb.testing's shared connections),
         # never off.
         if info is not None and (info.get(_FLAG) or context.execution_options.get(_FLAG) is True):
-            _check(name, dialect, statement, context, info)
+            _enforce(name, statement, reason, resets, info)
 
     before_execute(engine, _refuse)
     _install_reset(engine, "primary")
-
-
-def _check(name: str, dialect: str, statement: str, context: Any, info: dict[str, Any]) -> None:
-    """Refuse ``statement`` unless it only reads; note when it may leave state behind."""
-    reason, resets = _judge(statement, dialect, context)
-    _enforce(name, statement, reason, resets, info)
 
 
 def _judge(statement: str, dialect: str, context: Any) -> tuple[str | None, bool]:
@@ -163,23 +160,20 @@ _AUTOCOMMIT = "AUTOCOMMIT (it would end the read-only transaction after each sta
 def _install_reset(engine: Engine, role: str) -> None:
     """Reset what a read session left on a connection when its transaction ends.
 
-    Wraps the dialect's ``do_commit`` and ``do_rollback`` (as
-    :mod:`multidb.positions` does): every transaction ends in one of them,
-    the pool's reset of a connection given back mid-transaction included, so
-    nothing a read session left reaches the next user of the connection. A
-    connection that ends no flagged transaction pays one dict lookup; no pool
-    event is dispatched at each check-in.
+    A hook after each commit and rollback (:func:`~multidb.hooks.after_transaction`):
+    every transaction ends in one of them, the pool's rollback of a connection
+    given back mid-transaction included, so nothing a read session left
+    reaches the next user of the connection. A connection that ends no
+    flagged transaction pays two dict lookups; no pool event is dispatched
+    at each check-in.
     """
     dialect = engine.dialect
     name = dialect.name
     backend = "mysql" if name == "mariadb" else name
     reset_sql = _RESET.get((backend, role))
-    commit = dialect.do_commit
-    rollback = dialect.do_rollback
 
-    def reset(connection: Any) -> None:
-        info = pool_info(connection)
-        if info is None or (_FLAG not in info and _DIRTY not in info):
+    def reset(connection: Any, info: dict[str, Any], committed: bool) -> None:
+        if _FLAG not in info and _DIRTY not in info:
             return
         flagged = info.pop(_FLAG, False)
         dirty = info.pop(_DIRTY, False)
@@ -201,16 +195,7 @@ def _install_reset(engine: Engine, role: str) -> None:
                 )
                 connection.invalidate(soft=True)
 
-    def do_commit(dbapi_connection: Any) -> None:
-        commit(dbapi_connection)
-        reset(dbapi_connection)
-
-    def do_rollback(dbapi_connection: Any) -> None:
-        rollback(dbapi_connection)
-        reset(dbapi_connection)
-
-    dialect.do_commit = do_commit  # type: ignore[method-assign]
-    dialect.do_rollback = do_rollback  # type: ignore[method-assign]
+    after_transaction(engine, reset)
 
 
 def scalar_outside_transaction(dbapi_connection: Any, sql: str, *, rollback: bool = False) -> Any:
@@ -237,16 +222,6 @@ def scalar_outside_transaction(dbapi_connection: Any, sql: str, *, rollback: boo
         if toggle:
             dbapi_connection.autocommit = False
     return None if row is None else row[0]
-
-
-def pool_info(connection: Any) -> dict[str, Any] | None:
-    """The pool's info dict of a Connection or a pooled DBAPI connection; None when it has
-    none (an ad-hoc connection, as on first connect, or a raw one)."""
-    try:
-        info = connection.info
-    except (AttributeError, NotImplementedError):
-        return None
-    return info if isinstance(info, dict) else None
 
 
 def begin_read_only(connection: Connection) -> None:

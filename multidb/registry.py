@@ -427,7 +427,7 @@ class Registry:
         """
         if role is None and (name is None or name in self.config.databases):
             role = _causal.request_role.get()
-        maker = self._factory(name, role)
+        maker = self._factories.get((name, role)) or self._factory(name, role)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s: %s session", name, role or "default-role")
         return _SessionScope(maker)
