@@ -66,10 +66,11 @@ def after_transaction(engine: Engine, hook: EndHook) -> None:
     """Run ``hook(connection, info, committed)`` after each commit and rollback on ``engine``.
 
     Every transaction ends in one of them, the pool's rollback of a
-    connection given back mid-transaction included. Connections without pool
-    info (the dialect's own first-connect queries) are skipped. A rollback
-    that raises runs no hook: the pool then discards the connection, and its
-    info with it.
+    connection given back mid-transaction included. The hooks act on what
+    execute hooks left in the connection's pool info, so a connection whose
+    info is empty (or that has none: the dialect's first-connect queries)
+    runs none. A rollback that raises runs no hook: the pool rolls back again
+    when the connection is given back, or discards it and its info.
     """
     dialect = engine.dialect
     hooks: list[EndHook] | None = getattr(dialect, _END, None)
@@ -84,14 +85,14 @@ def after_transaction(engine: Engine, hook: EndHook) -> None:
     def do_commit(dbapi_connection: Any) -> None:
         commit(dbapi_connection)
         info = pool_info(dbapi_connection)
-        if info is not None:
+        if info:
             for each in hooks:
                 each(dbapi_connection, info, True)
 
     def do_rollback(dbapi_connection: Any) -> None:
         rollback(dbapi_connection)
         info = pool_info(dbapi_connection)
-        if info is not None:
+        if info:
             for each in hooks:
                 each(dbapi_connection, info, False)
 

@@ -15,6 +15,7 @@ time it is used. Every engine gets a connect timeout
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import threading
@@ -232,7 +233,7 @@ class Registry:
     def _counter(self, name: str) -> Callable[[], None]:
         """Counts a session of engine ``name`` that no router chose (write, pinned)."""
         router = self._routers[self._engine_configs[name].database]
-        return lambda: router.note_session(name)
+        return functools.partial(router.note_session, name)
 
     # -- names ----------------------------------------------------------------
 
