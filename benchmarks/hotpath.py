@@ -32,6 +32,7 @@ __all__ = ["PAIRS", "main"]
 # (multidb role, workload, floor)
 PAIRS = (
     ("read", "W1", "floor-read"),
+    ("read", "W2", "floor-read"),
     ("auto", "W1", "floor-write"),
     ("auto", "W2", "floor-write"),
     ("auto", "W3", "floor-write"),

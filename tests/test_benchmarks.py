@@ -69,8 +69,8 @@ def test_hotpath_lists_where_the_extra_time_goes(capsys: pytest.CaptureFixture[s
     """hotpath.py: a section per profiled pair, each listing functions."""
     assert _script("hotpath").main(["--n", "3", "--repeat", "1", "--top", "2"]) == 0
     out = capsys.readouterr().out
-    assert len(re.findall(r"^multidb-\w+ W\d: ", out, re.MULTILINE)) == 5
-    assert len(re.findall(r"^\s+[+-][\d.]+ us/op", out, re.MULTILINE)) == 10
+    assert len(re.findall(r"^multidb-\w+ W\d: ", out, re.MULTILINE)) == 6
+    assert len(re.findall(r"^\s+[+-][\d.]+ us/op", out, re.MULTILINE)) == 12
 
 
 def test_async_overhead_prints_each_contender_row(capsys: pytest.CaptureFixture[str]) -> None:
