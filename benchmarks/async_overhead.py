@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextvars
 import gc
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -200,7 +201,10 @@ async def run(
                 gc.collect()
                 gc.disable()
                 try:
-                    seconds = await WORKLOADS[workload](contender.open_session, count, ids)
+                    # A fresh context per batch, as in overhead.py: a task copies the
+                    # context it is made in.
+                    batch = WORKLOADS[workload](contender.open_session, count, ids)
+                    seconds = await contextvars.Context().run(asyncio.ensure_future, batch)
                 finally:
                     gc.enable()
                 if round_ >= 0:

@@ -19,7 +19,9 @@ flushes and DML, a random follower otherwise). Every session is used as
 
 Contenders run interleaved (a batch of N operations each, the order rotated
 every round) and the figure is the median of the rounds' per-operation times,
-so background noise lands on every contender alike. ``--lag`` instead compares
+so background noise lands on every contender alike. Each batch runs in a
+fresh ``contextvars`` context: the causal scope that one batch's writes make
+constrains that batch's later reads (W4 ``auto``), not the next batch's. ``--lag`` instead compares
 multidb with ``routing.max_lag_seconds`` set (``check_interval_seconds: 1``)
 against the same config without it, and ``--causal`` compares
 ``routing.read_your_writes`` on (the default: a position read after each write
@@ -29,6 +31,7 @@ transaction, a position check for reads that follow one) against off.
 from __future__ import annotations
 
 import argparse
+import contextvars
 import gc
 import importlib
 import os
@@ -345,7 +348,11 @@ def run(
                 gc.collect()
                 gc.disable()
                 try:
-                    seconds = WORKLOADS[workload](contender.open_session, count, ids)
+                    # A fresh context per batch: the causal scope one batch's writes make
+                    # (read-your-writes) constrains that batch's reads, not the next one's.
+                    seconds = contextvars.Context().run(
+                        WORKLOADS[workload], contender.open_session, count, ids
+                    )
                 finally:
                     gc.enable()
                 if round_ >= 0:
