@@ -164,8 +164,8 @@ def _install_reset(engine: Engine, role: str) -> None:
     every transaction ends in one of them, the pool's rollback of a connection
     given back mid-transaction included, so nothing a read session left
     reaches the next user of the connection. A connection that ends no
-    flagged transaction pays two dict lookups; no pool event is dispatched
-    at each check-in.
+    flagged transaction pays at most two dict lookups; no pool event is
+    dispatched at each check-in.
     """
     dialect = engine.dialect
     name = dialect.name
