@@ -12,9 +12,10 @@ out. The garbage collector is off (a collection lands on whichever contender
 crosses the threshold).
 
 The count is exact for one memory layout, but moving objects around changes
-it by up to 2% on these workloads (dictionaries keyed by object identity
-collide differently): each pair runs under ``--layouts`` layouts (hash seed
-K, K thousand objects allocated first) and the figure is their median.
+it by a few percent (about 2% on W1, more on W2: dictionaries keyed by
+object identity collide differently): each pair runs under ``--layouts``
+layouts (hash seed K, K thousand objects allocated first) and the figure is
+their median. Only the main thread is counted.
 Needs valgrind (``apt install valgrind``); each child takes a few seconds.
 """
 
