@@ -32,12 +32,9 @@ _END = "multidb_end_hooks"  # attribute of a dialect: its transaction-end hooks
 def before_execute(engine: Engine, hook: Hook) -> None:
     """Run ``hook(statement, context)`` before each statement ``engine`` sends."""
     dialect = engine.dialect
-    hooks: list[Hook] | None = getattr(dialect, _EXECUTE, None)
-    if hooks is not None:
-        hooks.append(hook)
-        return
-    hooks = [hook]
-    setattr(dialect, _EXECUTE, hooks)
+    hooks: list[Hook] | None = _first(dialect, _EXECUTE, hook)
+    if hooks is None:
+        return  # the wrappers are in place and run the list it joined
     execute = dialect.do_execute
     execute_no_params = dialect.do_execute_no_params
     executemany = dialect.do_executemany
@@ -73,12 +70,9 @@ def after_transaction(engine: Engine, hook: EndHook) -> None:
     when the connection is given back, or discards it and its info.
     """
     dialect = engine.dialect
-    hooks: list[EndHook] | None = getattr(dialect, _END, None)
-    if hooks is not None:
-        hooks.append(hook)
-        return
-    hooks = [hook]
-    setattr(dialect, _END, hooks)
+    hooks: list[EndHook] | None = _first(dialect, _END, hook)
+    if hooks is None:
+        return  # the wrappers are in place and run the list it joined
     commit = dialect.do_commit
     rollback = dialect.do_rollback
 
@@ -98,6 +92,18 @@ def after_transaction(engine: Engine, hook: EndHook) -> None:
 
     dialect.do_commit = do_commit  # type: ignore[method-assign]
     dialect.do_rollback = do_rollback  # type: ignore[method-assign]
+
+
+def _first(dialect: Any, attribute: str, hook: Any) -> list[Any] | None:
+    """Add ``hook`` to the dialect's list in ``attribute``; the new list when it is the
+    first there (the caller then wraps the dialect's methods around it), else None."""
+    hooks: list[Any] | None = getattr(dialect, attribute, None)
+    if hooks is not None:
+        hooks.append(hook)
+        return None
+    hooks = [hook]
+    setattr(dialect, attribute, hooks)
+    return hooks
 
 
 def pool_info(connection: Any) -> dict[str, Any] | None:

@@ -188,9 +188,12 @@ class Router:
         """Rules 1-4 of the class docstring; counts and notes a lag bound just broken."""
         if replica.weight <= 0 or replica.down_until > now or not replica.answering:
             return False
+        return self.max_lag_seconds is None or self._lag_ok(replica, now, events)
+
+    def _lag_ok(self, replica: _Replica, now: float, events: list[str]) -> bool:
+        """Rule 4 (``max_lag_seconds`` is set); counts and notes a lag bound just broken."""
         limit = self.max_lag_seconds
-        if limit is None:
-            return True
+        assert limit is not None
         fresh = self._fresh(replica, now)
         lag_ok = fresh is not None and now - fresh <= limit
         if lag_ok != replica.lag_ok:
@@ -232,13 +235,14 @@ class Router:
         events: list[str] = []
         lag_checked = self.max_lag_seconds is not None
         with self._lock:
-            usable = []  # a loop, not a comprehension: this runs for every session
+            # _usable inline (a loop, not a comprehension): this runs for every session.
+            usable = []
             for r in self._replicas.values():
                 if (
                     r.weight > 0
                     and r.down_until <= now
                     and r.answering
-                    and (not lag_checked or self._usable(r, now, events))
+                    and (not lag_checked or self._lag_ok(r, now, events))
                     and (not exclude or r.name not in exclude)
                 ):
                     usable.append(r)
