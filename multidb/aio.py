@@ -39,7 +39,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import Session
 from sqlalchemy.util import greenlet_spawn
 
-from .sessions import AutoSession, ReadSession, ReadSource, RoutedSession
+from .sessions import AutoSession, ReadSession, ReadSource, RoutedSession, finish
 
 if TYPE_CHECKING:
     from .registry import Registry
@@ -218,7 +218,9 @@ class _CountingMaker(async_sessionmaker[AsyncSession]):
 
 
 class AsyncSessionScope:
-    """The async context manager :meth:`Registry.async_session` returns."""
+    """The async context manager :meth:`Registry.async_session` returns: commit (not a
+    session that only read replicas, see :func:`~multidb.sessions.finish`), or roll back
+    on an error; always close."""
 
     __slots__ = ("_maker", "_ready", "_session")
 
@@ -243,7 +245,7 @@ class AsyncSessionScope:
         session = self._session
         try:
             if exc_type is None:
-                await session.commit()
+                await session.run_sync(finish)  # commits, unless it only read replicas
             else:
                 try:
                     await session.rollback()

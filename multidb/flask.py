@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 
 from .config import Role
 from .registry import Registry
+from .sessions import finish
 from .wsgi import ReadYourWritesMiddleware
 
 __all__ = ["MultiDB"]
@@ -77,7 +78,7 @@ class MultiDB:
         sessions: dict[Any, Session] = flask.g.get(_KEY, {})
         for session in sessions.values():
             if response.status_code < 400:
-                session.commit()  # raising here makes the response a 500
+                finish(session)  # commits (raising makes the response a 500), or only read
             else:
                 session.rollback()
         return response

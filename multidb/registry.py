@@ -50,7 +50,7 @@ from .positions import install_capture
 from .readonly import install_primary, install_replica
 from .router import EngineStats, Router
 from .routes import DatabaseRouter, RouteTable
-from .sessions import AutoSession, ReadSession, ReadSource, RoutedSession
+from .sessions import AutoSession, ReadSession, ReadSource, RoutedSession, finish
 from .timeouts import install_handshake_timeout, with_connect_timeout
 
 if TYPE_CHECKING:
@@ -423,8 +423,9 @@ class Registry:
         ``routing.default_role``), an engine (pinned to it), or None: every
         model :meth:`route` names, each statement on its own database by the
         role's rules (default ``write``). An unknown name or a role that does
-        not fit raises here, before the block runs. A read session has
-        nothing to commit: its transaction is just closed.
+        not fit raises here, before the block runs. A read session, or an
+        auto session that only read replicas, has nothing to commit: its
+        transaction is just closed.
         """
         if role is None and (name is None or name in self.config.databases):
             role = _causal.request_role.get()
@@ -760,8 +761,9 @@ class Registry:
 
 
 class _SessionScope:
-    """The context manager :meth:`Registry.session` returns: commit (not for a read
-    session), or roll back on an error; always close."""
+    """The context manager :meth:`Registry.session` returns: commit (not a session
+    that only read replicas, see :func:`~multidb.sessions.finish`), or roll back on
+    an error; always close."""
 
     __slots__ = ("_maker", "_session")
 
@@ -780,12 +782,8 @@ class _SessionScope:
     ) -> None:
         session = self._session
         try:
-            # A read session has nothing to commit: closing ends its transaction
-            # without expiring what it loaded.
-            if exc_type is None and isinstance(session, ReadSession):
-                session.flush()  # refuses pending changes; sends nothing when there are none
-            elif exc_type is None:
-                session.commit()
+            if exc_type is None:
+                finish(session)  # commits, unless it only read replicas
             else:
                 try:
                     session.rollback()

@@ -42,7 +42,7 @@ from .router import Router
 from .routes import DatabaseRouter, RouteTable
 from .statements import Kind, classify
 
-__all__ = ["AutoSession", "ReadSession", "ReadSource", "RoutedSession"]
+__all__ = ["AutoSession", "ReadSession", "ReadSource", "RoutedSession", "finish"]
 
 log = logging.getLogger("multidb.routing")
 causal_log = logging.getLogger("multidb.causal")
@@ -356,6 +356,10 @@ class _ReplicaReads(Session):
     def _all_readers(self) -> list[_Reader]:
         return [self._single] if self._single is not None else list(self._readers.values())
 
+    def _nothing_to_commit(self) -> bool:
+        """Whether the session's transaction only read: see :func:`finish`."""
+        return False
+
     def _execute_internal(self, *args: Any, **kwargs: Any) -> Any:
         """Run a statement; the transaction's first one moves on if its replica is unreachable.
 
@@ -448,6 +452,24 @@ class _ReplicaReads(Session):
         self.invalidate()
 
 
+def finish(session: Session) -> None:
+    """End a session's block that raised nothing: commit, unless it only read replicas.
+
+    A read session, or an auto session whose statements all went to
+    replicas, has nothing to commit: its pending changes are flushed (a read
+    session refuses them; an auto session sends them to the primary, and then
+    commits) and its transaction is left for ``close()`` to end, without
+    expiring what it loaded. Replicas are read-only, so nothing is lost; an
+    auto session's read that went to a primary (no replicas, or a fallback)
+    is committed, in case a function it called wrote.
+    """
+    if isinstance(session, _ReplicaReads) and session._nothing_to_commit():
+        session.flush()
+        if session._nothing_to_commit():
+            return
+    session.commit()
+
+
 def _route(
     routes: DatabaseRouter | None, sources: Mapping[str, ReadSource], mapper: Any, clause: Any
 ) -> str:
@@ -493,6 +515,9 @@ class ReadSession(_ReplicaReads):
     """
 
     _read_only = True
+
+    def _nothing_to_commit(self) -> bool:
+        return True
 
     def get_bind(
         self,
@@ -607,6 +632,13 @@ class AutoSession(_ReplicaReads):
             )
         self._bound = None
         return source.engine(source.primary)  # type: ignore[no-any-return]
+
+    def _nothing_to_commit(self) -> bool:
+        """Whether every statement went to a replica (read-only): nothing to commit."""
+        for reader in self._all_readers():
+            if reader.on_primary or reader.name == reader.source.primary:
+                return False
+        return True
 
     def _execute_internal(self, statement: Any, *args: Any, **kwargs: Any) -> Any:
         """Pass rule 2's option of the ``execute()`` call on to :meth:`get_bind`, which

@@ -310,6 +310,26 @@ def test_async_auto_session_reads_on_a_replica_until_its_first_write_then_stays_
     asyncio.run(main())
 
 
+def test_async_auto_session_commits_only_when_it_wrote(backend: Backend) -> None:
+    async def main() -> None:
+        async with backend.open() as dbs:
+            committed: list[str] = []
+            for name in dbs.engine_names:
+                event.listen(
+                    dbs.async_engine(name).sync_engine,
+                    "commit",
+                    lambda _, name=name: committed.append(name.partition(".")[2]),
+                )
+            async with dbs.async_session("db", role="auto") as s:
+                assert await backend.where(s) in backend.replicas
+            assert committed == []  # a replica's read-only transaction: just closed
+            async with dbs.async_session("db", role="auto") as s:
+                await s.execute(insert(marks).values(marker=uuid.uuid4().hex))
+            assert committed == ["primary"]
+
+    asyncio.run(main())
+
+
 # -- failures and lag ---------------------------------------------------------------
 
 

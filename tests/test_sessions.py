@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from servers import wait_until
-from sqlalchemy import ForeignKey, String, delete, func, insert, select, text, update
+from sqlalchemy import ForeignKey, String, delete, event, func, insert, select, text, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, scoped_session
 from sqlalchemy.sql.schema import Table
 
@@ -501,6 +501,49 @@ def test_session_commits_at_the_end_of_the_block(dbs: Registry) -> None:
         s.add(User(name="bob"))
     with dbs.session("main", role="read") as s:
         assert s.scalar(select(func.count(User.id))) == 2
+
+
+def _commits(registry: Registry) -> list[str]:
+    """The engines that commit a transaction from now on, in order."""
+    committed: list[str] = []
+    for name in registry.engine_names:
+        event.listen(registry.engine(name), "commit", lambda _, name=name: committed.append(name))
+    return committed
+
+
+def test_auto_session_that_only_read_replicas_is_closed_not_committed(dbs: Registry) -> None:
+    committed = _commits(dbs)
+    with dbs.session("main", role="auto") as s:
+        user = s.get(User, 1)
+        assert s.reader in ("main.a", "main.b")
+    assert committed == []
+    assert user is not None and user.name == "ada"  # not expired: readable once detached
+
+
+def test_auto_session_that_wrote_at_the_end_of_its_block_commits_on_the_primary(
+    dbs: Registry, seen: Seen
+) -> None:
+    committed = _commits(dbs)
+    with dbs.session("main", role="auto") as s:
+        user = s.get(User, 1)
+        assert user is not None
+        user.name = "eve"  # flushed when the block ends
+        reader = s.reader
+    assert sorted(committed) == sorted([reader, "main.primary"])  # its two transactions
+    assert seen.statements[-1] == ("main.primary", "UPDATE users SET name=? WHERE users.id = ?")
+    with dbs.session("main", role="read") as s:
+        assert s.scalar(select(User.name)) == "eve"
+
+
+def test_auto_session_that_read_a_primary_commits_in_case_what_it_called_wrote(
+    dbs: Registry,
+) -> None:
+    committed = _commits(dbs)
+    with dbs.session("solo", role="auto") as s:  # no replicas: reads go to the primary
+        s.execute(text("CREATE TEMP TABLE t (x)"))  # not a read: sticks to the primary
+    with dbs.session("solo", role="auto") as s:
+        assert s.scalar(select(User.name)) == "ada"
+    assert committed == ["solo.primary", "solo.primary"]
 
 
 def test_engine_sessionmaker_is_made_early_and_bound_late(tmp_path: Path) -> None:
