@@ -528,7 +528,10 @@ class ReadSession(_ReplicaReads):
         database: str | None = None,
         **kwargs: Any,
     ) -> Engine | Connection:
-        return self._read_bind(self._single or self._reader_for(mapper, clause, database))
+        single = self._single
+        if single is not None and not self._first and single.bind is not None:
+            return single.bind  # a later statement of this session: the chosen engine
+        return self._read_bind(single or self._reader_for(mapper, clause, database))
 
     def _execute_internal(self, statement: Any, *args: Any, **kwargs: Any) -> Any:
         """Refuse a write, or an explicit bind, before anything is sent; then run it."""
@@ -622,6 +625,8 @@ class AutoSession(_ReplicaReads):
             if multidb_kind is None:
                 multidb_kind = _kind(clause, None)
             if multidb_kind is Kind.READ:
+                if reader.bind is not None and not self._first and reader is self._single:
+                    return reader.bind  # a later statement of this session: the chosen engine
                 return self._read_bind(reader)
             reader.on_primary = True
             log.debug(
