@@ -24,8 +24,11 @@ primary and one read replica (the SQLite file opened ``mode=ro``) configured:
   request built once by ``falcon.testing.create_req`` (no HTTP server, no app:
   the manager routes by ``req.method``).
 
-Each ratio is against the plain session (``overhead.Scope``) on the engine the
-contender's statement ran on, which is checked: ``floor-read`` for all of them.
+Each ratio is against the plain session (``overhead.Scope``: commit, close) on
+the engine the contender's statement ran on, which is checked: ``floor-read``
+for all of them. ``floor-read-close`` is the same session closed without a
+commit, as a block that only read ends in multidb, advanced-alchemy,
+sqlalchemy-bind-manager and Flask-SQLAlchemy: the floor those compare with.
 Two measures: wall-clock (interleaved rounds, median, as ``overhead.run``) and
 CPU instructions of the main thread under callgrind (``BASE`` and ``BASE + n``
 operations, as ``instructions.py``; median of ``--layouts``). Instruction counts
@@ -104,6 +107,17 @@ def _floor(backend: Backend, read: bool) -> Iterator[Batch]:
         yield _w1(
             overhead.Scope.opener(sessionmaker(bind=read_engine if read else write_engine)), backend
         )
+    finally:
+        write_engine.dispose()
+        read_engine.dispose()
+
+
+@contextmanager
+def _floor_close(backend: Backend) -> Iterator[Batch]:
+    """The replica floor's session, closed at the end of the block without a commit."""
+    write_engine, read_engine = _engines(backend)
+    try:
+        yield _w1(sessionmaker(bind=read_engine), backend)  # Session.__exit__: close()
     finally:
         write_engine.dispose()
         read_engine.dispose()
@@ -288,6 +302,7 @@ CONTENDERS: dict[str, Contender] = {
     for c in (
         Contender("floor-write", "floor-write", lambda b: _floor(b, read=False), peer=False),
         Contender("floor-read", "floor-read", lambda b: _floor(b, read=True), peer=False),
+        Contender("floor-read-close", "floor-read", _floor_close, peer=False),
         Contender("multidb-read", "floor-read", lambda b: _multidb(b, "read"), peer=False),
         Contender("multidb-auto", "floor-read", lambda b: _multidb(b, "auto"), peer=False),
         Contender("routing", "floor-read", _routing),
