@@ -103,3 +103,49 @@ def test_instructions_counts_a_pair_against_its_floor(
     rows = re.findall(r"^(W\d)\s+(\S+)\s+([\d.]+)\s+[\d.]+x\s+(floor-\w+)$", out, re.MULTILINE)
     assert [(w, c, f) for w, c, _, f in rows] == [("W1", "multidb-read", "floor-read")]
     assert float(rows[0][2]) > 10  # thousands of instructions: a session is not free
+
+
+PEERS_ROW = re.compile(r"^W1\s+(\S+)\s+([\d.]+)\s+[\d.]+x\s+(floor-\w+)$", re.MULTILINE)
+PEERS_SKIPPED = re.compile(
+    r"^W1\s+(\S+)\s+(not installed \(pip install \S+\)|fails.*)$", re.MULTILINE
+)
+
+
+def _peers_table_shape(out: str, expected: list[str]) -> dict[str, str]:
+    """Each expected contender has one row, with a figure or a reason it was skipped."""
+    rows = {name: floor for name, _, floor in PEERS_ROW.findall(out)}
+    skipped = dict(PEERS_SKIPPED.findall(out))
+    assert sorted([*rows, *skipped]) == sorted(expected)
+    assert not rows.keys() & skipped.keys()
+    return rows
+
+
+def test_peers_prints_a_row_per_contender(capsys: pytest.CaptureFixture[str]) -> None:
+    """peers.py: a wall-clock row for multidb and each peer, or why a peer was skipped."""
+    peers = _script("peers")
+    assert peers.main(["--measure", "wall", "--rounds", "1", "--n", "3"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^peers: .*flask-sqlalchemy.*falcon-sqla", out, re.MULTILINE)
+    assert "wall-clock" in out
+    rows = _peers_table_shape(out, list(peers.CONTENDERS))
+    assert {"floor-write", "floor-read", "multidb-read", "multidb-auto", "routing"} <= rows.keys()
+    assert rows["multidb-read"] == rows["multidb-auto"] == rows["routing"] == "floor-read"
+    assert re.search(r"^multidb ahead of every peer run: (yes|no) ", out, re.MULTILINE)
+
+
+def test_peers_counts_instructions(capsys: pytest.CaptureFixture[str]) -> None:
+    """peers.py: an instructions row against the replica floor, under callgrind."""
+    if shutil.which("valgrind") is None:  # installed on CI's machines: fail there, skip elsewhere
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("valgrind is not installed", pytrace=False)
+        pytest.skip("valgrind is not installed")
+    argv = ["--measure", "instructions", "--icount-n", "2", "--layouts", "1"]
+    assert _script("peers").main([*argv, "--contenders", "multidb-read"]) == 0
+    out = capsys.readouterr().out
+    assert "instructions per operation" in out
+    rows = PEERS_ROW.findall(out)
+    assert [(name, floor) for name, _, floor in rows] == [
+        ("floor-read", "floor-read"),
+        ("multidb-read", "floor-read"),
+    ]
+    assert float(rows[1][1]) > 10  # thousands of instructions: a session is not free
