@@ -515,6 +515,7 @@ def test_auto_session_that_only_read_replicas_is_closed_not_committed(dbs: Regis
     committed = _commits(dbs)
     with dbs.session("main", role="auto") as s:
         user = s.get(User, 1)
+        assert isinstance(s, multidb.AutoSession)
         assert s.reader in ("main.a", "main.b")
     assert committed == []
     assert user is not None and user.name == "ada"  # not expired: readable once detached
@@ -528,6 +529,7 @@ def test_auto_session_that_wrote_at_the_end_of_its_block_commits_on_the_primary(
         user = s.get(User, 1)
         assert user is not None
         user.name = "eve"  # flushed when the block ends
+        assert isinstance(s, multidb.AutoSession)
         reader = s.reader
     assert sorted(committed) == sorted([reader, "main.primary"])  # its two transactions
     assert seen.statements[-1] == ("main.primary", "UPDATE users SET name=? WHERE users.id = ?")
