@@ -531,7 +531,7 @@ def test_auto_session_that_wrote_at_the_end_of_its_block_commits_on_the_primary(
         user.name = "eve"  # flushed when the block ends
         assert isinstance(s, multidb.AutoSession)
         reader = s.reader
-    assert sorted(committed) == sorted([reader, "main.primary"])  # its two transactions
+    assert sorted(committed) == sorted([str(reader), "main.primary"])  # its two transactions
     assert seen.statements[-1] == ("main.primary", "UPDATE users SET name=? WHERE users.id = ?")
     with dbs.session("main", role="read") as s:
         assert s.scalar(select(User.name)) == "eve"
