@@ -89,6 +89,15 @@ def instructions(contender: str, workload: str, count: int, layout: int) -> int:
     Only the main thread: the registry's health monitor probes once a second
     in its own thread, and under callgrind a second is far fewer operations.
     """
+    return main_thread_instructions(
+        [__file__, "--child", contender, workload, str(count), str(layout)], layout
+    )
+
+
+def main_thread_instructions(
+    argv: Sequence[str], layout: int, env: dict[str, str] | None = None
+) -> int:
+    """Instructions of the main thread of ``python ARGV`` under callgrind, hash seed ``layout``."""
     with tempfile.TemporaryDirectory(prefix="multidb-callgrind-") as directory:
         out = Path(directory) / "callgrind.out"
         command = [
@@ -97,14 +106,9 @@ def instructions(contender: str, workload: str, count: int, layout: int) -> int:
             "--separate-threads=yes",  # one file per thread: out-01 is the main thread
             f"--callgrind-out-file={out}",
             sys.executable,
-            __file__,
-            "--child",
-            contender,
-            workload,
-            str(count),
-            str(layout),
+            *argv,
         ]
-        env = {**os.environ, "PYTHONHASHSEED": str(layout)}
+        env = {**os.environ, **(env or {}), "PYTHONHASHSEED": str(layout)}
         subprocess.run(command, capture_output=True, text=True, env=env, check=True)
         totals = re.search(r"^totals: (\d+)", Path(f"{out}-01").read_text(), re.MULTILINE)
     if totals is None:

@@ -49,9 +49,7 @@ import platform
 import re
 import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -482,26 +480,11 @@ def child(name: str, count: int, layout: int) -> None:
 
 def count_instructions(name: str, count: int, layout: int) -> int:
     """Instructions of the main thread of a child process running ``count`` operations."""
-    with tempfile.TemporaryDirectory(prefix="multidb-callgrind-") as directory:
-        out = Path(directory) / "callgrind.out"
-        command = [
-            "valgrind",
-            "--tool=callgrind",
-            "--separate-threads=yes",  # one file per thread: out-01 is the main thread
-            f"--callgrind-out-file={out}",
-            sys.executable,
-            __file__,
-            "--child",
-            name,
-            str(count),
-            str(layout),
-        ]
-        env = {**os.environ, "PYTHONHASHSEED": str(layout), "PEERS_CHILD": "1"}
-        subprocess.run(command, capture_output=True, text=True, env=env, check=True)
-        totals = re.search(r"^totals: (\d+)", Path(f"{out}-01").read_text(), re.MULTILINE)
-    if totals is None:
-        raise RuntimeError(f"no instruction count in callgrind's {out}-01")
-    return int(totals.group(1))
+    return int(
+        instructions_script.main_thread_instructions(
+            [__file__, "--child", name, str(count), str(layout)], layout, {"PEERS_CHILD": "1"}
+        )
+    )
 
 
 def instructions(names: Sequence[str], n: int, layouts: int) -> dict[str, float]:
