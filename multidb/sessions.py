@@ -510,8 +510,11 @@ class ReadSession(_ReplicaReads):
     A flush with pending changes, or a write statement (INSERT, UPDATE,
     DELETE, DDL, a locking SELECT, textual SQL that begins with a write
     keyword), raises :class:`~multidb.ReadOnlyError` before any SQL is sent;
-    so does an explicit ``bind``, which would bypass routing. Its connection
-    is in the backend's read-only mode too, also on a primary.
+    so does an explicit ``bind``, which would bypass routing. A SELECT that
+    writes from inside (a data-modifying CTE, ``INTO``, ``nextval()``) is
+    refused the same way by the read-only guard, as its compiled SQL is about
+    to be sent. Its connection is in the backend's read-only mode too, also
+    on a primary.
     """
 
     _read_only = True
@@ -539,7 +542,7 @@ class ReadSession(_ReplicaReads):
         if bind_arguments:
             _refuse_bind(self, bind_arguments)
         if (
-            classify(statement) is Kind.WRITE
+            classify(statement, inner=False) is Kind.WRITE
             or _role_option(statement, kwargs.get("execution_options")) == "write"
         ):
             raise ReadOnlyError(
@@ -613,7 +616,9 @@ class AutoSession(_ReplicaReads):
         3. no statement (a flush, ``Session.connection()``): the primary;
         4. a SELECT without FOR UPDATE/SHARE, Core, ORM or textual: the
            session's replica (see :meth:`ReadSource.pick`; a database without
-           replicas reads from its primary);
+           replicas reads from its primary); one whose SQL the replica's
+           read-only guard refuses (a data-modifying CTE, ``INTO``,
+           ``nextval()``) goes to the primary instead, nothing having been sent;
         5. anything else: the primary.
 
         A session of several databases (``dbs.session(None, role="auto")``)
@@ -647,12 +652,40 @@ class AutoSession(_ReplicaReads):
 
     def _execute_internal(self, statement: Any, *args: Any, **kwargs: Any) -> Any:
         """Pass rule 2's option of the ``execute()`` call on to :meth:`get_bind`, which
-        sees only the statement."""
+        sees only the statement; send a SELECT its replica refused to the primary."""
         options = kwargs.get("execution_options")
         if options and "multidb_role" in options:
             bind_arguments = kwargs.get("bind_arguments") or {}
             kwargs["bind_arguments"] = {**bind_arguments, "multidb_kind": _kind(statement, options)}
+        try:
+            return super()._execute_internal(statement, *args, **kwargs)
+        except ReadOnlyError as exc:
+            if not self._to_primary(statement, options, exc):
+                raise
         return super()._execute_internal(statement, *args, **kwargs)
+
+    def _to_primary(self, statement: Any, options: Any, exc: ReadOnlyError) -> bool:
+        """Whether a statement the read-only guard refused on a replica goes to the primary.
+
+        Rule 4 reads a SELECT by its shape; what it holds inside (a
+        data-modifying CTE, ``INTO``, ``nextval()``) is left to the guard,
+        which refuses it before it is sent. Such a SELECT is not a read: like
+        any other statement (rule 5) it goes to the primary, and so does the
+        rest of the session. One that ``multidb_role="read"`` sent to the
+        replica is refused.
+        """
+        reader = self._single or self._bound
+        if reader is None or reader.on_primary or _role_option(statement, options) is not None:
+            return False
+        reader.on_primary = True
+        log.debug(
+            "%s: %s -> %s (auto: it writes: %s)",
+            reader.source.database,
+            _describe(statement),
+            reader.source.primary,
+            exc,
+        )
+        return True
 
 
 class RoutedSession(_ReplicaReads):
@@ -683,7 +716,7 @@ def _kind(statement: Any, execution_options: Any) -> Kind:
         return Kind.WRITE
     role = _role_option(statement, execution_options)
     if role is None:
-        return classify(statement)
+        return classify(statement, inner=False)  # a SELECT that writes inside: _to_primary
     return Kind.READ if role == "read" else Kind.WRITE
 
 

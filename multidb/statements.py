@@ -349,12 +349,18 @@ def classify_text(sql: str) -> Kind:
     return Kind.OTHER
 
 
-def classify(statement: Any) -> Kind:
-    """Classify a Core or ORM statement object, or a SQL string."""
+def classify(statement: Any, *, inner: bool = True) -> Kind:
+    """Classify a Core or ORM statement object, or a SQL string.
+
+    ``inner=False`` leaves unread what a SELECT holds inside (a data-modifying
+    CTE, SQL text that writes, a function that does): sessions pass it, since
+    the read-only guard reads the compiled SQL of every statement a read-only
+    connection runs and refuses those before they are sent (:mod:`multidb.readonly`).
+    """
     if type(statement) is Select:  # the common case, first
         if statement._for_update_arg is not None:
             return Kind.WRITE
-        return Kind.WRITE if _select_writes(statement) else Kind.READ
+        return Kind.WRITE if inner and _select_writes(statement) else Kind.READ
     if isinstance(statement, str):
         return classify_text(statement)
     if isinstance(statement, TextClause):
@@ -368,7 +374,7 @@ def classify(statement: Any) -> Kind:
         # No public accessor says whether a SELECT locks rows; tests pin this attribute.
         if getattr(statement, "_for_update_arg", None) is not None:
             return Kind.WRITE
-        return Kind.WRITE if _select_writes(statement) else Kind.READ
+        return Kind.WRITE if inner and _select_writes(statement) else Kind.READ
     if getattr(statement, "is_dml", False) or isinstance(statement, ExecutableDDLElement):
         return Kind.WRITE
     return Kind.OTHER

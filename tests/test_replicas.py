@@ -17,7 +17,18 @@ from typing import Any
 
 import pytest
 from servers import MariaDBCluster, PostgresCluster, wait_until
-from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select, text
+from sqlalchemy import (
+    Column,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    func,
+    insert,
+    literal_column,
+    select,
+    text,
+)
 from sqlalchemy.orm import Session
 
 from multidb import NoReplicaAvailableError, Registry
@@ -147,6 +158,29 @@ def test_auto_session_reads_its_own_write_before_and_after_commit(backend: Backe
         s.commit()
         assert sees(s, marker)
         assert backend.where(s) == backend.primary
+
+
+def test_auto_session_runs_a_select_that_writes_once_on_the_primary(backend: Backend) -> None:
+    """A SELECT that writes from inside (PostgreSQL: a data-modifying CTE; MariaDB:
+    NEXTVAL) is refused by the replica's guard before it is sent, then run on the primary."""
+    marker = uuid.uuid4().hex
+    with Registry.from_dict(backend.config()) as dbs:
+        if backend.kind == "postgresql":
+            writes = select(insert(items).values(marker=marker).returning(items.c.id).cte("w").c.id)
+        else:
+            with dbs.session("db", role="write") as w:
+                w.execute(text("CREATE SEQUENCE IF NOT EXISTS items_seq"))
+            writes = select(func.nextval(literal_column("items_seq")))
+        with dbs.session("db", role="auto") as s:
+            assert backend.where(s) in backend.replicas
+            value = s.scalar(writes)
+            assert backend.where(s) == backend.primary
+            if backend.kind == "mariadb":  # the sequence moved on this connection, the primary's
+                assert s.scalar(text("SELECT LASTVAL(items_seq)")) == value
+        with dbs.session("db", role="write") as s:
+            if backend.kind == "postgresql":
+                rows = s.scalars(select(items.c.id).where(items.c.marker == marker)).all()
+                assert rows == [value]
 
 
 def test_read_session_that_fell_back_to_the_primary_cannot_write_there(backend: Backend) -> None:

@@ -371,6 +371,54 @@ def test_auto_rule5_everything_else_goes_to_the_primary(
     assert seen.engines()[0] == "main.primary"
 
 
+@pytest.fixture
+def nextval(dbs: Registry) -> list[str]:
+    """A ``nextval(name)`` SQL function on every connection of database main (SQLite has none):
+    the guard refuses it on a read-only connection, as it would PostgreSQL's. Returns its calls."""
+    calls: list[str] = []
+
+    def _next(seq: str) -> int:
+        calls.append(seq)
+        return 7
+
+    def _define(dbapi_connection: Any, record: Any) -> None:
+        dbapi_connection.create_function("nextval", 1, _next)
+
+    for name in ("main.primary", "main.a", "main.b"):
+        engine = dbs.engine(name)
+        engine.dispose()  # connections made from now on get the function
+        event.listen(engine, "connect", _define)
+    return calls
+
+
+def test_auto_rule5_a_select_the_replica_refuses_goes_to_the_primary(
+    dbs: Registry, seen: Seen, nextval: list[str]
+) -> None:
+    with dbs.session("main", role="auto") as s:
+        assert s.scalar(select(User.name)) == "ada"
+        assert s.scalar(select(func.nextval("ids"))) == 7
+        assert isinstance(s, multidb.AutoSession) and s.on_primary
+        s.scalar(select(User.name))
+    replica = seen.engines()[0]
+    assert replica in ("main.a", "main.b")
+    assert seen.engines() == [replica, "main.primary", "main.primary"]
+    assert nextval == ["ids"]  # run once, on the primary
+
+
+def test_a_select_the_replica_refuses_is_not_moved_when_it_was_sent_there(
+    dbs: Registry, seen: Seen, nextval: list[str]
+) -> None:
+    refuse = select(func.nextval("ids"))
+    with dbs.session("main", role="auto") as s:
+        with pytest.raises(ReadOnlyError, match="nextval"):
+            s.execute(refuse.execution_options(multidb_role="read"))
+        assert isinstance(s, multidb.AutoSession) and not s.on_primary
+    with pytest.raises(ReadOnlyError, match="nextval"), dbs.session("main", role="read") as s:
+        s.execute(refuse)
+    assert nextval == []
+    assert "main.primary" not in seen.engines()
+
+
 # -- engine names ---------------------------------------------------------------
 
 
