@@ -34,7 +34,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from .errors import ReadOnlyError
-from .hooks import after_transaction, before_execute, pool_info
+from .hooks import Hook, after_transaction, before_execute, pool_info
 from .statements import read_refusal, resets_state
 
 __all__ = [
@@ -96,45 +96,38 @@ def install_replica(engine: Engine, name: str) -> None:
             if dialect != "sqlite":
                 dbapi_connection.commit()
 
-    def _refuse(statement: str, context: Any) -> None:
-        reason, resets = _judge(statement, dialect, context)
-        if reason is None and not resets:
-            return
-        info = pool_info(context.root_connection)
-        if info is not None:  # None: the dialect's own first-connect queries
-            _enforce(name, statement, reason, resets, info)
-
-    before_execute(engine, _refuse)
+    before_execute(engine, _guard(name, dialect, always=True))
     if dialect != "sqlite":  # a SQLite replica keeps nothing to reset: no locks, no settings
         _install_reset(engine, "replica")
 
 
 def install_primary(engine: Engine, name: str) -> None:
     """Refuse what is not a read on ``engine``'s connections while a read session holds them."""
-    dialect = engine.dialect.name
-
-    def _refuse(statement: str, context: Any) -> None:
-        reason, resets = _judge(statement, dialect, context)
-        if reason is None and not resets:
-            return  # a plain read: allowed whoever holds the connection
-        # The flag sits in the pool's record of the DBAPI connection, out of reach of
-        # execution options: a read session cannot talk its way out of it.
-        info = pool_info(context.root_connection)
-        # The execution option can switch the guard on (multidb.testing's shared connections),
-        # never off.
-        if info is not None and (info.get(_FLAG) or context.execution_options.get(_FLAG) is True):
-            _enforce(name, statement, reason, resets, info)
-
-    before_execute(engine, _refuse)
+    before_execute(engine, _guard(name, engine.dialect.name, always=False))
     _install_reset(engine, "primary")
 
 
-def _judge(statement: str, dialect: str, context: Any) -> tuple[str | None, bool]:
-    """:func:`_verdict`, refusing AUTOCOMMIT too (per execution, not cacheable by text)."""
-    reason, resets = _verdict(statement, dialect)
-    if reason is None and context.execution_options.get("isolation_level") == "AUTOCOMMIT":
-        reason = _AUTOCOMMIT
-    return reason, resets
+def _guard(name: str, dialect: str, *, always: bool) -> Hook:
+    """The hook that refuses what is not a read before it is sent: on every connection of
+    a replica (``always``), on a primary's only while a read session holds it."""
+
+    def refuse(statement: str, context: Any) -> None:
+        reason, resets = _verdict(statement, dialect)
+        options = context.execution_options
+        if reason is None and options.get("isolation_level") == "AUTOCOMMIT":
+            reason = _AUTOCOMMIT  # per execution, not cacheable by text
+        if reason is None and not resets:
+            return  # a plain read: allowed whoever holds the connection
+        info = pool_info(context.root_connection)
+        if info is None:  # the dialect's own first-connect queries
+            return
+        # On a primary the flag sits in the pool's record of the DBAPI connection, out of
+        # reach of execution options: a read session cannot talk its way out of it. The
+        # option can switch the guard on (multidb.testing's shared connections), never off.
+        if always or info.get(_FLAG) or options.get(_FLAG) is True:
+            _enforce(name, statement, reason, resets, info)
+
+    return refuse
 
 
 def _enforce(

@@ -360,22 +360,25 @@ class _ReplicaReads(Session):
         """Whether the session's transaction only read: see :func:`finish`."""
         return False
 
-    def _execute_internal(self, *args: Any, **kwargs: Any) -> Any:
+    def _execute_internal(self, statement: Any, *args: Any, **kwargs: Any) -> Any:
         """Run a statement; the transaction's first one moves on if its replica is unreachable.
 
         Nothing of the transaction has run before it, so rolling back loses
-        no work, and the statement itself did not reach the server.
+        no work, and the statement itself did not reach the server. A read
+        session first refuses a write (:func:`_refuse_write`).
         """
+        if self._read_only:
+            _refuse_write(self, statement, kwargs)
         transaction = self.get_transaction()
         if (transaction is not None and transaction is self._ran_in) or kwargs.get(
             "_parent_execute_state"
         ) is not None:
-            return super()._execute_internal(*args, **kwargs)
+            return super()._execute_internal(statement, *args, **kwargs)
         while True:
             self._bound = None
             self._first = True
             try:
-                result = super()._execute_internal(*args, **kwargs)
+                result = super()._execute_internal(statement, *args, **kwargs)
             except Exception as exc:
                 if not self._move_on(exc):
                     raise
@@ -465,7 +468,7 @@ def finish(session: Session) -> None:
     """
     if isinstance(session, _ReplicaReads) and session._nothing_to_commit():
         session.flush()
-        if session._nothing_to_commit():
+        if session._read_only or session._nothing_to_commit():
             return
     session.commit()
 
@@ -536,22 +539,6 @@ class ReadSession(_ReplicaReads):
             return single.bind  # a later statement of this session: the chosen engine
         return self._read_bind(single or self._reader_for(mapper, clause, database))
 
-    def _execute_internal(self, statement: Any, *args: Any, **kwargs: Any) -> Any:
-        """Refuse a write, or an explicit bind, before anything is sent; then run it."""
-        bind_arguments = kwargs.get("bind_arguments")
-        if bind_arguments:
-            _refuse_bind(self, bind_arguments)
-        if (
-            classify(statement, inner=False) is Kind.WRITE
-            or _role_option(statement, kwargs.get("execution_options")) == "write"
-        ):
-            raise ReadOnlyError(
-                f"{_databases(self)}: a read session cannot run "
-                f"{_describe(statement)}; nothing was sent: run it in a session "
-                "with role='write' or 'auto'"
-            )
-        return super()._execute_internal(statement, *args, **kwargs)
-
     def connection(self, bind_arguments: Any = None, execution_options: Any = None) -> Connection:
         _refuse_bind(self, bind_arguments)
         return super().connection(bind_arguments, execution_options)
@@ -564,7 +551,24 @@ def _databases(session: _ReplicaReads) -> str:
     return ", ".join(session._sources) or "no database"
 
 
-def _refuse_bind(session: ReadSession, bind_arguments: Any) -> None:
+def _refuse_write(session: _ReplicaReads, statement: Any, kwargs: dict[str, Any]) -> None:
+    """A read session's check of a statement, before anything is sent: a write, or an
+    explicit bind, raises :class:`~multidb.ReadOnlyError`."""
+    bind_arguments = kwargs.get("bind_arguments")
+    if bind_arguments:
+        _refuse_bind(session, bind_arguments)
+    if (
+        classify(statement, inner=False) is Kind.WRITE
+        or _role_option(statement, kwargs.get("execution_options")) == "write"
+    ):
+        raise ReadOnlyError(
+            f"{_databases(session)}: a read session cannot run "
+            f"{_describe(statement)}; nothing was sent: run it in a session "
+            "with role='write' or 'auto'"
+        )
+
+
+def _refuse_bind(session: _ReplicaReads, bind_arguments: Any) -> None:
     if bind_arguments and bind_arguments.get("bind") is not None:
         raise ReadOnlyError(
             f"{_databases(session)}: a read session chooses its own engine; "
