@@ -23,8 +23,8 @@ import asyncio
 import contextvars
 import gc
 import sys
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import AbstractAsyncContextManager, ExitStack, contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager, ExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -212,8 +212,9 @@ async def run(
     return results
 
 
-async def overhead_table(backend: AsyncBackend, rounds: int, n: int) -> list[str]:
-    """Run all contenders on ``backend``; the table's lines."""
+@asynccontextmanager
+async def contenders(backend: AsyncBackend) -> AsyncIterator[list[Contender]]:
+    """The floors and multidb's sessions on ``backend``; their engines disposed at the end."""
     floor_write = _tune(_create_async_engine(backend.primary_url), backend.sqlite)
     floor_read = _tune(_create_async_engine(backend.replica_url), backend.sqlite)
     registry = make_registry(backend)
@@ -226,26 +227,31 @@ async def overhead_table(backend: AsyncBackend, rounds: int, n: int) -> list[str
 
         return open_session
 
-    contenders = [
-        Contender("floor-write", Scope.opener(write_maker), ALL, "floor-write"),
-        Contender("floor-read", Scope.opener(read_maker), READS, "floor-read"),
-        Contender("multidb-write", multidb_opener("write"), ALL, "floor-write"),
-        Contender("multidb-read", multidb_opener("read"), READS, "floor-read"),
-        Contender("multidb-auto", multidb_opener("auto"), ALL, "floor-write"),
-    ]
     try:
-        results = await run(contenders, backend.ids, rounds=rounds, n=n)
+        yield [
+            Contender("floor-write", Scope.opener(write_maker), ALL, "floor-write"),
+            Contender("floor-read", Scope.opener(read_maker), READS, "floor-read"),
+            Contender("multidb-write", multidb_opener("write"), ALL, "floor-write"),
+            Contender("multidb-read", multidb_opener("read"), READS, "floor-read"),
+            Contender("multidb-auto", multidb_opener("auto"), ALL, "floor-write"),
+        ]
     finally:
         await registry.async_dispose()
         await floor_write.dispose()
         await floor_read.dispose()
+
+
+async def overhead_table(backend: AsyncBackend, rounds: int, n: int) -> list[str]:
+    """Run all contenders on ``backend``; the table's lines."""
+    async with contenders(backend) as chosen:
+        results = await run(chosen, backend.ids, rounds=rounds, n=n)
     lines = [
         f"backend {backend.name}: median of {rounds} rounds x {n} ops; "
         "floor = plain async_sessionmaker(bind=engine) on a plain AsyncEngine of the URL",
         f"{'workload':<9}{'contender':<15}{'us/op':>9}  {'ratio':>7}  vs",
     ]
     for workload in ALL:
-        for contender in contenders:
+        for contender in chosen:
             if workload not in contender.workloads:
                 continue
             us = results.median_us(workload, contender.name)

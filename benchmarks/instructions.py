@@ -1,7 +1,7 @@
 """What a multidb session costs per operation in CPU instructions, next to a plain session (SQLite).
 
     python benchmarks/instructions.py [--n 300] [--layouts 3] [--workloads W1,W2,W3,W4]
-                                      [--contenders floor-write,multidb-auto,...]
+                                      [--contenders floor-write,multidb-auto,...] [--async]
 
 Wall-clock medians on a shared machine drift by tens of percent between runs;
 instruction counts do not. Each (workload, contender) pair of ``overhead.py``
@@ -15,13 +15,16 @@ The count is exact for one memory layout, but moving objects around changes
 it by a few percent (about 2% on W1, more on W2: dictionaries keyed by
 object identity collide differently): each pair runs under ``--layouts``
 layouts (hash seed K, K thousand objects allocated first) and the figure is
-their median. Only the main thread is counted.
+their median. Only the main thread is counted. ``--async`` counts
+``async_overhead.py``'s contenders instead, on aiosqlite: the driver's own
+thread runs SQLite, every line of SQLAlchemy and multidb runs in the main one.
 Needs valgrind (``apt install valgrind``); each child takes a few seconds.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import importlib
 import os
@@ -34,12 +37,14 @@ import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import create_engine
 from sqlalchemy.orm import sessionmaker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 overhead = importlib.import_module("overhead")
+async_overhead = importlib.import_module("async_overhead")
 
 __all__ = ["CONTENDERS", "main"]
 
@@ -52,6 +57,7 @@ CONTENDERS = {  # name: (floor, workloads)
     "multidb-auto": ("floor-write", overhead.ALL),
     "routing": ("floor-write", overhead.ALL),
 }
+ASYNC_CONTENDERS = {name: CONTENDERS[name] for name in list(CONTENDERS)[:5]}  # no routing
 
 
 def child(contender: str, workload: str, count: int, layout: int) -> None:
@@ -83,14 +89,31 @@ def child(contender: str, workload: str, count: int, layout: int) -> None:
         registry.dispose()
 
 
-def instructions(contender: str, workload: str, count: int, layout: int) -> int:
+def async_child(contender: str, workload: str, count: int, layout: int) -> None:
+    """:func:`child` for ``async_overhead.py``'s contenders, on aiosqlite."""
+    shift = [object() for _ in range(1000 * layout)]  # noqa: F841 (kept alive: a layout)
+
+    async def operations(backend: Any) -> None:
+        async with async_overhead.contenders(backend) as contenders:
+            opener = {c.name: c.open_session for c in contenders}[contender]
+            run = async_overhead.WORKLOADS[workload]
+            gc.collect()
+            gc.disable()
+            await run(opener, 20, backend.ids)  # warm
+            await run(opener, count, backend.ids)
+
+    with async_overhead.backends("sqlite") as (backend,):
+        asyncio.run(operations(backend))
+
+
+def instructions(contender: str, workload: str, count: int, layout: int, mode: str) -> int:
     """Instructions of the main thread of a child process running ``count`` operations.
 
     Only the main thread: the registry's health monitor probes once a second
     in its own thread, and under callgrind a second is far fewer operations.
     """
     return main_thread_instructions(
-        [__file__, "--child", contender, workload, str(count), str(layout)], layout
+        [__file__, "--child", contender, workload, str(count), str(layout), mode], layout
     )
 
 
@@ -121,42 +144,55 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--n", type=int, default=300, help="operations counted; default 300")
     parser.add_argument("--workloads", default=",".join(overhead.ALL), help="default W1-W4")
-    parser.add_argument("--contenders", default=",".join(CONTENDERS), help="default all")
+    parser.add_argument("--contenders", default="", help="default all")
     parser.add_argument("--layouts", type=int, default=3, help="memory layouts; default 3")
-    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--async",
+        dest="mode",
+        action="store_const",
+        const="async",
+        default="sync",
+        help="async sessions (aiosqlite) against async_sessionmaker",
+    )
+    parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        contender, workload, count, layout = args.child
-        child(contender, workload, int(count), int(layout))
+        contender, workload, count, layout, mode = args.child
+        (async_child if mode == "async" else child)(contender, workload, int(count), int(layout))
         return 0
+    table = ASYNC_CONTENDERS if args.mode == "async" else CONTENDERS
     if shutil.which("valgrind") is None:
         parser.error("valgrind is not installed")
     workloads = args.workloads.split(",")
-    chosen = args.contenders.split(",")
-    unknown = set(chosen) - CONTENDERS.keys() or set(workloads) - set(overhead.ALL)
+    chosen = args.contenders.split(",") if args.contenders else list(table)
+    unknown = set(chosen) - table.keys() or set(workloads) - set(overhead.ALL)
     if unknown:
         parser.error(f"unknown: {', '.join(sorted(unknown))}")
     print(overhead.environment())
     arguments = " ".join(sys.argv[1:] if argv is None else argv)
     print(f"command: python benchmarks/instructions.py {arguments}")
     print(
-        f"\nbackend sqlite: instructions per operation, main thread ({BASE + args.n} - {BASE} ops),"
+        f"\nbackend {'sqlite+aiosqlite' if args.mode == 'async' else 'sqlite'}:"
+        f" instructions per operation, main thread ({BASE + args.n} - {BASE} ops),"
         f" median of {args.layouts} layouts"
     )
     print(f"{'workload':<9}{'contender':<15}{'k instr/op':>11}  {'ratio':>7}  vs")
-    needed = set(chosen) | {CONTENDERS[c][0] for c in chosen}
+    needed = set(chosen) | {table[c][0] for c in chosen}
     runs = [
         (contender, workload, count, layout)
         for workload in workloads
-        for contender in CONTENDERS
-        if contender in needed and workload in CONTENDERS[contender][1]
+        for contender in table
+        if contender in needed and workload in table[contender][1]
         for layout in range(args.layouts)
         for count in (BASE, BASE + args.n)
     ]
+
+    def measure(run: tuple[str, str, int, int]) -> int:
+        contender, workload, operations, layout = run
+        return instructions(contender, workload, operations, layout, args.mode)
+
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # one child per core
-        counts: dict[tuple[str, str, int, int], int] = dict(
-            zip(runs, pool.map(lambda run: instructions(*run), runs), strict=True)
-        )
+        counts = dict(zip(runs, pool.map(measure, runs), strict=True))
 
     def per_op(contender: str, workload: str) -> float:
         return float(
@@ -172,9 +208,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     for workload in workloads:
         for contender in chosen:
-            if workload not in CONTENDERS[contender][1]:
+            if workload not in table[contender][1]:
                 continue
-            floor = CONTENDERS[contender][0]
+            floor = table[contender][0]
             mine, base = per_op(contender, workload), per_op(floor, workload)
             print(f"{workload:<9}{contender:<15}{mine / 1e3:>11.1f}  {mine / base:>6.3f}x  {floor}")
     return 0

@@ -89,17 +89,20 @@ def test_async_overhead_prints_each_contender_row(capsys: pytest.CaptureFixture[
     assert "backend sqlite+aiosqlite" in out
 
 
+@pytest.mark.parametrize(("mode", "backend"), [([], "sqlite"), (["--async"], "sqlite+aiosqlite")])
 def test_instructions_counts_a_pair_against_its_floor(
-    capsys: pytest.CaptureFixture[str],
+    capsys: pytest.CaptureFixture[str], mode: list[str], backend: str
 ) -> None:
-    """instructions.py: a row of instructions per operation and a ratio, under callgrind."""
+    """instructions.py: a row of instructions per operation and a ratio, under callgrind,
+    for sync sessions and (``--async``) async ones."""
     if shutil.which("valgrind") is None:  # installed on CI's machines: fail there, skip elsewhere
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail("valgrind is not installed", pytrace=False)
         pytest.skip("valgrind is not installed")
     argv = ["--n", "2", "--layouts", "1", "--workloads", "W1", "--contenders", "multidb-read"]
-    assert _script("instructions").main(argv) == 0
+    assert _script("instructions").main([*argv, *mode]) == 0
     out = capsys.readouterr().out
+    assert f"backend {backend}:" in out
     rows = re.findall(r"^(W\d)\s+(\S+)\s+([\d.]+)\s+[\d.]+x\s+(floor-\w+)$", out, re.MULTILINE)
     assert [(w, c, f) for w, c, _, f in rows] == [("W1", "multidb-read", "floor-read")]
     assert float(rows[0][2]) > 10  # thousands of instructions: a session is not free
