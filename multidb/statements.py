@@ -178,13 +178,16 @@ _PRAGMA_SETTINGS = frozenset(
 _LOCKING = (("FOR", "UPDATE"), ("FOR", "SHARE"), ("FOR", "KEY", "SHARE"), ("FOR", "NO", "KEY"))
 
 _WORD = re.compile(r"[A-Za-z_\u0080-\U0010ffff][A-Za-z0-9_$\u0080-\U0010ffff]*")
-_NUMBER = re.compile(r"[0-9][A-Za-z0-9_.]*")
+# A number, or a driver's named placeholder (psycopg's, PyMySQL's ``%(name)s``): a value.
+_VALUE = re.compile(r"[0-9][A-Za-z0-9_.]*|%\(\w+\)s")
+# Tokens before "(" that do not name a function: "x = (SELECT ...)", "((a))", "'a' (".
+_NOT_CALLED = frozenset(("'", '"', "(", ")", "=", ";"))
 _DOLLAR_TAG = re.compile(r"\$(?:[A-Za-z_\u0080-\U0010ffff][A-Za-z0-9_\u0080-\U0010ffff]*)?\$")
 
 
 @dataclass(frozen=True, slots=True)
 class _Scan:
-    """The code of one SQL string, as the server would read it, without literals and comments.
+    """The code of one SQL string as the server reads it, less literals, comments, placeholders.
 
     ``tokens`` are upper-cased words, ``"'"`` for a quoted literal, ``'"'`` for a
     quoted identifier (its text in ``quoted``) and the punctuation ``; ( ) =``.
@@ -251,8 +254,8 @@ def _scan(sql: str, dialect: str) -> _Scan:
         elif word := _WORD.match(sql, i):
             tokens.append(word.group(0).upper())
             i = word.end()
-        elif number := _NUMBER.match(sql, i):
-            i = number.end()
+        elif value := _VALUE.match(sql, i):
+            i = value.end()
         else:
             if char in ";()=":
                 tokens.append(char)
@@ -319,7 +322,7 @@ def resets_state(sql: str, dialect: str = "") -> bool:
     """
     tokens = _scan(sql, dialect).tokens
     return any(
-        tokens[i + 1] == "(" and token not in _STATELESS_CALLS and token not in ("'", '"', ")")
+        tokens[i + 1] == "(" and token not in _STATELESS_CALLS and token not in _NOT_CALLED
         for i, token in enumerate(tokens[:-1])
     )
 

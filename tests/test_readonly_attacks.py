@@ -586,3 +586,60 @@ def test_reset_after_an_unknown_function_keeps_the_connection(
             with dbs.session(name, role="read") as s:
                 pids.append(s.execute(text(pid_sql)).scalar())  # an unknown function: reset
         assert len(set(pids)) == 1
+
+
+def _statements(kind: str, cluster: Any, pid: int) -> str:
+    """What the replica ran on connection ``pid``, as the server saw it: PostgreSQL shows the
+    last statement; MariaDB's general log (switched on by the test) all of them."""
+    server = cluster.replicas[0]
+    if kind == "pg":
+        rows = server.query("SELECT query FROM pg_stat_activity WHERE pid = %s", [pid])
+    else:
+        rows = server.query("SELECT argument FROM mysql.general_log WHERE thread_id = %s", [pid])
+    return "\n".join(str(row[0]) for row in rows)
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        pytest.param("pg", marks=pytest.mark.postgresql),
+        pytest.param("maria", marks=pytest.mark.mariadb),
+    ],
+)
+def test_a_read_with_bound_parameters_is_not_followed_by_a_reset(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    """A placeholder (psycopg's and PyMySQL's ``%(name)s``) or a subquery is not a function
+    call: the session ends with its rollback, no reset round trip; an unknown function does
+    cost one. Read on the replica, from the statements its connection ran."""
+    cluster = request.getfixturevalue("pg_cluster" if kind == "pg" else "mariadb_cluster")
+    database = {
+        "primary": _pool(cluster.primary.url()),
+        "replicas": {"r": _pool(cluster.replicas[0].url())},
+    }
+    if kind == "maria":
+        cluster.replicas[0].query("SET GLOBAL log_output = 'TABLE'")
+        cluster.replicas[0].query("SET GLOBAL general_log = ON")
+    try:
+        with Registry.from_dict({"databases": {"db": database}}) as dbs:
+            seen = {}
+            for sql in ["SELECT :a + (SELECT 1) + abs(:b)", "SELECT 1 FROM (SELECT :a AS a) AS x"]:
+                with dbs.session("db", role="read") as s:
+                    assert s.execute(text(sql), {"a": 1, "b": 2}).scalar() is not None
+                    raw: Any = s.connection().connection.dbapi_connection
+                    pid = raw.info.backend_pid if kind == "pg" else raw.thread_id()
+                seen[sql] = _statements(kind, cluster, pid)
+            with dbs.session("db", role="read") as s:  # pool_size 1: the same connection
+                s.execute(
+                    text("SELECT initcap(:a)" if kind == "pg" else "SELECT soundex(:a)"), {"a": "x"}
+                )
+            seen["unknown function"] = _statements(kind, cluster, pid)
+    finally:
+        if kind == "maria":
+            cluster.replicas[0].query("SET GLOBAL general_log = OFF")
+    reset = "pg_advisory_unlock_all" if kind == "pg" else "RELEASE_ALL_LOCKS"
+    first, second, unknown = seen.values()
+    assert reset not in first and reset not in second
+    assert reset in unknown
+    if kind == "pg":
+        assert first.strip().upper() == second.strip().upper() == "ROLLBACK"

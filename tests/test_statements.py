@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import Column, Integer, MetaData, Table, delete, insert, select, text, update
 from sqlalchemy.schema import CreateTable, DropTable
 
-from multidb.statements import Kind, classify, classify_text, read_refusal
+from multidb.statements import Kind, classify, classify_text, read_refusal, resets_state
 
 t = Table("t", MetaData(), Column("id", Integer, primary_key=True))
 
@@ -138,6 +138,9 @@ def test_read_only_connections_allow_reads(sql: str, dialect: str) -> None:
         ("SELECT * FROM t LOCK IN SHARE MODE", "mysql", "LOCK"),
         ("SELECT NEXT VALUE FOR s", "mysql", "NEXT VALUE FOR"),
         ("SELECT 'unterminated", "", "unterminated"),
+        ("SELECT pg_advisory_lock(%(key)s)", "postgresql", "pg_advisory_lock()"),
+        ("SELECT %(a)s, GET_LOCK(%(b)s, 0)", "mysql", "get_lock()"),
+        ("SELECT %(x)s; COMMIT", "postgresql", "several statements"),
     ],
 )
 def test_read_only_connections_refuse_what_is_not_a_read(
@@ -146,3 +149,33 @@ def test_read_only_connections_refuse_what_is_not_a_read(
     refusal = read_refusal(sql, dialect)
     assert refusal is not None
     assert reason in refusal
+
+
+@pytest.mark.parametrize(
+    ("sql", "dialect"),
+    [
+        ("SELECT t.a FROM t WHERE t.id = %(pk_1)s", "postgresql"),
+        ("SELECT t.a FROM t WHERE t.id IN (%(id_1)s, %(id_2)s)", "mysql"),
+        ("SELECT t.a FROM t WHERE t.id = $1::INTEGER", "postgresql"),
+        ("SELECT t.a FROM t WHERE t.id = (SELECT max(u.id) FROM u)", ""),
+        ("SELECT ((1))", ""),
+        ("SELECT count(*), lower(t.a) FROM t WHERE t.id = ?", "sqlite"),
+    ],
+)
+def test_placeholders_and_subqueries_are_not_calls_that_need_a_reset(
+    sql: str, dialect: str
+) -> None:
+    assert resets_state(sql, dialect) is False
+
+
+@pytest.mark.parametrize(
+    ("sql", "dialect"),
+    [
+        ("SELECT app_fn(%(a)s)", "postgresql"),
+        ("SELECT t.a FROM t WHERE t.id = app_fn(%(a)s)", "mysql"),
+        ('SELECT "app_fn"(1)', "postgresql"),
+        ("SELECT pg_backend_pid()", "postgresql"),
+    ],
+)
+def test_unknown_functions_need_a_reset(sql: str, dialect: str) -> None:
+    assert resets_state(sql, dialect) is True
