@@ -3,8 +3,12 @@
 - After a write transaction commits on a primary, :func:`install_capture`
   reads the primary's position on the same connection, in one round trip,
   and records it in the current :class:`~multidb.causal.CausalScope`:
-  PostgreSQL ``pg_current_wal_lsn()``, MariaDB ``@@last_gtid``. Transactions
-  that sent only reads (SELECT without a lock) record nothing and cost nothing.
+  PostgreSQL ``pg_current_wal_insert_lsn()``, MariaDB ``@@last_gtid``.
+  Transactions that sent only reads (SELECT without a lock) record nothing
+  and cost nothing. The WAL *insert* position, not the write position
+  (``pg_current_wal_lsn()``): with ``synchronous_commit = off`` COMMIT
+  returns before its WAL is written, and a standby that has replayed up to
+  the write position may not have the commit yet.
 - :func:`applied` asks a replica what it has applied (PostgreSQL
   ``pg_last_wal_replay_lsn()``, MariaDB ``@@gtid_slave_pos``), waiting up to
   a bound for a position (polled with a server-side ``pg_sleep``;
@@ -99,7 +103,9 @@ def _writes(statement: str) -> bool:
 
 def _primary_position(kind: str, dbapi_connection: Any) -> Position | None:
     if kind == "postgresql":
-        text = scalar_outside_transaction(dbapi_connection, "SELECT pg_current_wal_lsn()::text")
+        text = scalar_outside_transaction(
+            dbapi_connection, "SELECT pg_current_wal_insert_lsn()::text"
+        )
         lsn = causal.parse_lsn(str(text))
         return None if lsn is None else Position("lsn", lsn, time.time())
     text = scalar_outside_transaction(dbapi_connection, "SELECT @@last_gtid")

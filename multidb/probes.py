@@ -3,8 +3,10 @@
 Each backend is asked the way its documentation says:
 
 - PostgreSQL: ``pg_is_in_recovery()``; a primary's position is
-  ``pg_current_wal_flush_lsn()`` (every committed transaction is before it,
-  and a standby can receive up to it), a standby's applied position
+  ``pg_current_wal_flush_lsn()`` (a standby can receive up to it, and every
+  transaction committed before it was read is before it, but for commits
+  made with ``synchronous_commit = off`` in the last 3 x ``wal_writer_delay``),
+  a standby's applied position
   ``pg_last_wal_replay_lsn()``; ``now() - pg_last_xact_replay_timestamp()``
   bounds a standby's lag from above (it is the age of the last replayed
   commit: everything committed before it is applied); replay paused

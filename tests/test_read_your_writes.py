@@ -282,3 +282,28 @@ def test_read_your_writes_false_turns_it_off(backend: Backend) -> None:
     finally:
         for replica in backend.cluster.replicas:
             replica.resume_replay()
+
+
+@pytest.mark.postgresql
+def test_asynchronous_commits_are_read_back_0_stale(pg_cluster: PostgresCluster) -> None:
+    """``synchronous_commit = off``: COMMIT returns before its WAL is written, so the
+    position to wait for is the primary's insert position, not its write position."""
+    names = {s.port: s.name for s in pg_cluster.servers}
+    backend = Backend("postgresql", pg_cluster, "SELECT inet_server_port()", names)
+    served: Counter[str] = Counter()
+    stale = 0
+    config = backend.config(replicas=backend.replicas[:1], causal_wait_seconds=2)
+    with Registry.from_dict(config) as dbs:
+        metadata.create_all(dbs.engine("db"))
+        pg_cluster.wait_caught_up()
+        for _ in range(20):
+            marker = uuid.uuid4().hex
+            with dbs.session("db", role="write") as s:
+                s.execute(text("SET LOCAL synchronous_commit TO OFF"))
+                s.execute(insert(marks).values(marker=marker))
+            with dbs.session("db", role="read") as s:
+                served[backend.where(s)] += 1
+                stale += not sees(s, marker)
+    print(f"postgresql: 20 asynchronous commits read back, {stale} stale, served by {served}")
+    assert stale == 0
+    assert served[backend.replicas[0]] == 20  # waited for, not given up on
