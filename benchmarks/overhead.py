@@ -55,7 +55,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 
 import multidb
 
-__all__ = ["WORKLOADS", "Item", "RoutingSession", "main"]
+__all__ = ["WORKLOADS", "Item", "RoutingSession", "contenders", "main", "seed"]
 
 SEED_ROWS = 100
 DATABASE = "main"
@@ -225,7 +225,8 @@ class Backend:
     stop: Callable[[], None] = lambda: None
 
 
-def _seed(engine: Engine) -> list[int]:
+def seed(engine: Engine) -> list[int]:
+    """Create ``bench_item`` afresh with SEED_ROWS rows; their ids."""
     Base.metadata.drop_all(engine)
     Base.metadata.create_all(engine)
     with Session(engine) as session, session.begin():
@@ -253,7 +254,7 @@ def sqlite_backend() -> Iterator[Backend]:
         engine = create_engine(f"sqlite:///{path}")
         with engine.connect() as connection:
             connection.exec_driver_sql("PRAGMA journal_mode = WAL")
-        ids = _seed(engine)
+        ids = seed(engine)
         engine.dispose()
         yield Backend(
             "sqlite",
@@ -281,7 +282,7 @@ def postgresql_backend() -> Iterator[Backend]:
         cluster = servers.start_postgres_cluster(base, standbys=1)
         try:
             engine = create_engine(cluster.primary.url())
-            ids = _seed(engine)
+            ids = seed(engine)
             engine.dispose()
             cluster.wait_caught_up(timeout=30)
             yield Backend("postgresql", cluster.primary.url(), cluster.replicas[0].url(), ids)
@@ -360,8 +361,10 @@ def run(
     return results
 
 
-def overhead_table(backend: Backend, rounds: int, n: int) -> list[str]:
-    """Run all contenders on ``backend``; the table's lines."""
+@contextmanager
+def contenders(backend: Backend) -> Iterator[list[Contender]]:
+    """The floors, multidb's sessions and the routing recipe on ``backend``; engines disposed
+    at the end."""
     floor_write = create_engine(backend.primary_url)
     floor_read = create_engine(backend.replica_url)
     backend.connect_hook(floor_write)
@@ -371,20 +374,25 @@ def overhead_table(backend: Backend, rounds: int, n: int) -> list[str]:
     write_maker = sessionmaker(bind=floor_write)
     read_maker = sessionmaker(bind=floor_read)
     routing = sessionmaker(class_=RoutingSession, leader=floor_write, followers=[floor_read])
-    contenders = [
-        Contender("floor-write", Scope.opener(write_maker), ALL, "floor-write"),
-        Contender("floor-read", Scope.opener(read_maker), READS, "floor-read"),
-        Contender("multidb-write", multidb_opener(registry, "write"), ALL, "floor-write"),
-        Contender("multidb-read", multidb_opener(registry, "read"), READS, "floor-read"),
-        Contender("multidb-auto", multidb_opener(registry, "auto"), ALL, "floor-write"),
-        Contender("routing", Scope.opener(routing), ALL, "floor-write"),
-    ]
     try:
-        results = run(contenders, ALL, backend.ids, rounds=rounds, n=n)
+        yield [
+            Contender("floor-write", Scope.opener(write_maker), ALL, "floor-write"),
+            Contender("floor-read", Scope.opener(read_maker), READS, "floor-read"),
+            Contender("multidb-write", multidb_opener(registry, "write"), ALL, "floor-write"),
+            Contender("multidb-read", multidb_opener(registry, "read"), READS, "floor-read"),
+            Contender("multidb-auto", multidb_opener(registry, "auto"), ALL, "floor-write"),
+            Contender("routing", Scope.opener(routing), ALL, "floor-write"),
+        ]
     finally:
         registry.dispose()
         floor_write.dispose()
         floor_read.dispose()
+
+
+def overhead_table(backend: Backend, rounds: int, n: int) -> list[str]:
+    """Run all contenders on ``backend``; the table's lines."""
+    with contenders(backend) as chosen:
+        results = run(chosen, ALL, backend.ids, rounds=rounds, n=n)
     lines = [
         f"backend {backend.name}: median of {rounds} rounds x {n} ops; "
         "floor-write = plain Session on a plain primary engine, "
@@ -392,7 +400,7 @@ def overhead_table(backend: Backend, rounds: int, n: int) -> list[str]:
         f"{'workload':<9}{'contender':<15}{'us/op':>9}  {'ratio':>7}  vs",
     ]
     for workload in ALL:
-        for contender in contenders:
+        for contender in chosen:
             if workload not in contender.workloads:
                 continue
             us = results.median_us(workload, contender.name)

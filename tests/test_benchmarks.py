@@ -14,6 +14,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from sqlalchemy import create_engine
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -152,3 +153,44 @@ def test_peers_counts_instructions(capsys: pytest.CaptureFixture[str]) -> None:
         ("multidb-read", "floor-read"),
     ]
     assert float(rows[1][1]) > 10  # thousands of instructions: a session is not free
+
+
+ROUNDTRIP_ROW = re.compile(r"^(W\d)\s+(\S+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)", re.MULTILINE)
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        pytest.param("postgresql", marks=pytest.mark.postgresql),
+        pytest.param("mariadb", marks=pytest.mark.mariadb),
+    ],
+)
+def test_roundtrips_counts_what_each_session_sends(
+    kind: str, request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """roundtrips.py, on the shared clusters: reads send what the floor sends, on the replica;
+    a write transaction sends one statement more (the position read-your-writes records)."""
+    cluster = request.getfixturevalue("pg_cluster" if kind == "postgresql" else "mariadb_cluster")
+    roundtrips = _script("roundtrips")
+    overhead = _script("overhead")
+    engine = create_engine(cluster.primary.url())
+    ids = overhead.seed(engine)
+    engine.dispose()
+    cluster.wait_caught_up()
+    backend = overhead.Backend(kind, cluster.primary.url(), cluster.replicas[0].url(), ids)
+    logs = roundtrips.PostgresLog if kind == "postgresql" else roundtrips.MariaDBLog
+    with logs(cluster.primary).on() as primary, logs(cluster.replicas[0]).on() as replica:
+        lines = roundtrips.table(kind, primary, replica, backend, 3)
+    print("\n".join(lines))
+    rows = {
+        (w, c): tuple(map(float, r)) for w, c, *r in ROUNDTRIP_ROW.findall(capsys.readouterr().out)
+    }
+    assert len(rows) == 20
+    for workload in ("W1", "W2"):
+        floor = rows[workload, "floor-read"]
+        assert floor[0] == 0 and floor[2] > 1  # all on the replica
+        assert rows[workload, "multidb-read"] == floor
+        assert rows[workload, "multidb-auto"] == floor
+        assert rows[workload, "multidb-write"] == rows[workload, "floor-write"]
+    for workload in ("W3", "W4"):
+        assert rows[workload, "multidb-write"][2] == rows[workload, "floor-write"][2] + 1
