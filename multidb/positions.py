@@ -1,6 +1,7 @@
 """Reading positions from the servers: a primary's after a write, a replica's applied one.
 
-- After a write transaction commits on a primary, :func:`install_capture`
+- After a write transaction commits on a primary (or ends, rolled back or
+  not, on an ``AUTOCOMMIT`` connection), :func:`install_capture`
   reads the primary's position on the same connection, in one round trip,
   and records it in the current :class:`~multidb.causal.CausalScope`:
   PostgreSQL ``pg_current_wal_insert_lsn()``, MariaDB ``@@last_gtid``.
@@ -71,13 +72,15 @@ def install_capture(engine: Engine, database: str) -> None:
                 info[_WROTE] = True
 
     def _record(dbapi_connection: Any, info: dict[str, Any], committed: bool) -> None:
-        if not info.pop(_WROTE, False) or not committed:
+        if not info.pop(_WROTE, False):
             return
+        raw = getattr(dbapi_connection, "dbapi_connection", dbapi_connection)
+        if not committed and not _autocommit(engine, raw):
+            return  # rolled back: nothing was written
         position: Position | None = None
         kind = backend(engine)  # known once connected: is_mariadb is read from the server
         if kind is not None:
             try:
-                raw = getattr(dbapi_connection, "dbapi_connection", dbapi_connection)
                 position = _primary_position(kind, raw)
             except Exception as exc:  # committed, but where is unknown: read the primary
                 log.warning(
@@ -93,6 +96,20 @@ def install_capture(engine: Engine, database: str) -> None:
 
     before_execute(engine, _note_write)
     after_transaction(engine, _record)
+
+
+def _autocommit(engine: Engine, dbapi_connection: Any) -> bool:
+    """Whether the connection commits each statement as it runs (``isolation_level``
+    ``AUTOCOMMIT``): then a write is kept even when its transaction ends in a rollback."""
+    detect = getattr(engine.dialect, "detect_autocommit_setting", None)  # not in older 2.0
+    try:
+        if detect is not None:
+            return bool(detect(dbapi_connection))
+    except NotImplementedError:
+        pass
+    flag = getattr(dbapi_connection, "autocommit", None)  # psycopg, asyncpg's adapter
+    get = getattr(dbapi_connection, "get_autocommit", None)  # PyMySQL, mysqlclient
+    return flag if isinstance(flag, bool) else bool(get()) if callable(get) else False
 
 
 @functools.lru_cache(maxsize=4096)

@@ -307,3 +307,21 @@ def test_asynchronous_commits_are_read_back_0_stale(pg_cluster: PostgresCluster)
     print(f"postgresql: 20 asynchronous commits read back, {stale} stale, served by {served}")
     assert stale == 0
     assert served[backend.replicas[0]] == 20  # waited for, not given up on
+
+
+def test_autocommit_writes_closed_without_a_commit_are_read_back_0_stale(backend: Backend) -> None:
+    """On an AUTOCOMMIT connection each statement commits as it runs; closing it ends the
+    transaction SQLAlchemy began with a rollback, which must not lose the position."""
+    stale = 0
+    served: Counter[str] = Counter()
+    with Registry.from_dict(backend.config()) as dbs, backend.delay():
+        autocommit = dbs.engine("db").execution_options(isolation_level="AUTOCOMMIT")
+        for _ in range(20):
+            marker = uuid.uuid4().hex
+            with autocommit.connect() as connection:
+                connection.execute(insert(marks).values(marker=marker))
+            with dbs.session("db", role="read") as s:
+                served[backend.where(s)] += 1
+                stale += not sees(s, marker)
+    print(f"{backend.kind}: 20 autocommit writes read back, {stale} stale, served by {served}")
+    assert stale == 0
