@@ -33,7 +33,7 @@ from .causal import Position
 from .errors import one_line
 from .hooks import after_transaction, before_execute, pool_info
 from .readonly import scalar_outside_transaction
-from .statements import Kind, classify_text
+from .statements import Kind, classify_text, resets_state
 
 __all__ = ["applied", "backend", "install_capture"]
 
@@ -59,14 +59,16 @@ def install_capture(engine: Engine, database: str) -> None:
     """Record ``database``'s position in the current scope after each write commits on ``engine``.
 
     A statement counts as a write unless it is a SELECT without a locking
-    clause (SPEC section 2's rule); a SELECT that calls a function that
-    writes is not seen. On SQLite, and MySQL without MariaDB GTIDs, only the
-    fact that the scope wrote is kept.
+    clause (SPEC section 2's rule) that calls no function multidb does not
+    know to be harmless: ``SELECT my_function()`` may write, so the
+    transaction's position is recorded. On SQLite, and MySQL without MariaDB
+    GTIDs, only the fact that the scope wrote is kept.
     """
+    dialect = engine.dialect.name
 
     def _note_write(statement: str, context: Any) -> None:
         # A read session on this primary (its Connection flagged read-only) never writes.
-        if _writes(statement) and not context.execution_options.get("multidb_read_only"):
+        if _writes(statement, dialect) and not context.execution_options.get("multidb_read_only"):
             info = pool_info(context.root_connection)
             if info is not None:  # None: the dialect's own first-connect queries
                 info[_WROTE] = True
@@ -113,9 +115,10 @@ def _autocommit(engine: Engine, dbapi_connection: Any) -> bool:
 
 
 @functools.lru_cache(maxsize=4096)
-def _writes(statement: str) -> bool:
-    """Whether SQL text counts as a write: anything but a SELECT without a lock."""
-    return classify_text(statement) is not Kind.READ
+def _writes(statement: str, dialect: str) -> bool:
+    """Whether SQL text counts as a write: anything but a SELECT without a lock that
+    calls only functions known to be harmless."""
+    return classify_text(statement) is not Kind.READ or resets_state(statement, dialect)
 
 
 def _primary_position(kind: str, dbapi_connection: Any) -> Position | None:

@@ -325,3 +325,36 @@ def test_autocommit_writes_closed_without_a_commit_are_read_back_0_stale(backend
                 stale += not sees(s, marker)
     print(f"{backend.kind}: 20 autocommit writes read back, {stale} stale, served by {served}")
     assert stale == 0
+
+
+def test_a_function_that_writes_called_by_a_select_is_read_back_0_stale(backend: Backend) -> None:
+    """``SELECT f(...)`` in a write session, where ``f`` inserts: the transaction called a
+    function multidb does not know, so its position is recorded as a write's."""
+    if backend.kind == "postgresql":
+        create = (
+            "CREATE OR REPLACE FUNCTION ryw_mark(m text) RETURNS int LANGUAGE sql AS "
+            "$$ INSERT INTO ryw_marks (marker) VALUES (m) RETURNING 1 $$"
+        )
+    else:
+        create = (
+            "CREATE OR REPLACE DEFINER=CURRENT_USER FUNCTION ryw_mark(m varchar(64)) RETURNS int"
+            " DETERMINISTIC"
+            " MODIFIES SQL DATA SQL SECURITY INVOKER BEGIN"
+            " INSERT INTO ryw_marks (marker) VALUES (m); RETURN 1; END"
+        )
+    primary = backend.cluster.primary
+    if isinstance(primary, PostgresServer):
+        primary.query(create, admin=False)
+    else:  # with the binary log on, only an administrator may create a function that writes
+        primary.query(create, database="app")
+    backend.cluster.wait_caught_up()
+    stale = 0
+    with Registry.from_dict(backend.config()) as dbs, backend.delay():
+        for _ in range(20):
+            marker = uuid.uuid4().hex
+            with dbs.session("db", role="write") as s:
+                assert s.scalar(text("SELECT ryw_mark(:m)"), {"m": marker}) == 1
+            with dbs.session("db", role="read") as s:
+                stale += not sees(s, marker)
+    print(f"{backend.kind}: 20 writes by a function in a SELECT read back, {stale} stale")
+    assert stale == 0
