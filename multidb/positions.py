@@ -72,6 +72,9 @@ def install_capture(engine: Engine, database: str) -> None:
             info = pool_info(context.root_connection)
             if info is not None:  # None: the dialect's own first-connect queries
                 info[_WROTE] = True
+                # The scope the position goes to, made here if need be: the commit may run
+                # in a copy of this context (AsyncConnection's close, shielded in a task).
+                causal.ensure()
 
     def _record(dbapi_connection: Any, info: dict[str, Any], committed: bool) -> None:
         if not info.pop(_WROTE, False):

@@ -444,6 +444,31 @@ def test_async_100_writes_each_read_by_a_new_read_session_with_a_delayed_replica
         assert waits > 0
 
 
+def test_async_autocommit_writes_closed_without_a_commit_are_read_back_0_stale(
+    server_backend: Backend,
+) -> None:
+    """An AUTOCOMMIT AsyncConnection's writes stand as they run: closing it (a rollback to
+    SQLAlchemy) keeps their position."""
+    backend = server_backend
+
+    async def main() -> int:
+        stale = 0
+        with backend.delay():
+            async with backend.open() as dbs:
+                autocommit = dbs.async_engine("db").execution_options(isolation_level="AUTOCOMMIT")
+                for _ in range(20):
+                    marker = uuid.uuid4().hex
+                    async with autocommit.connect() as connection:
+                        await connection.execute(insert(marks).values(marker=marker))
+                    async with dbs.async_session("db", role="read") as s:
+                        stale += not await sees(s, marker)
+        return stale
+
+    stale = asyncio.run(main())
+    print(f"{backend.driver}: 20 autocommit writes read back, {stale} stale")
+    assert stale == 0
+
+
 def test_async_writes_in_child_tasks_are_read_by_the_parents_scope_0_stale(
     server_backend: Backend,
 ) -> None:
