@@ -113,8 +113,10 @@ def _autocommit(engine: Engine, dbapi_connection: Any) -> bool:
     except NotImplementedError:
         pass
     flag = getattr(dbapi_connection, "autocommit", None)  # psycopg, asyncpg's adapter
+    if isinstance(flag, bool):
+        return flag
     get = getattr(dbapi_connection, "get_autocommit", None)  # PyMySQL, mysqlclient
-    return flag if isinstance(flag, bool) else bool(get()) if callable(get) else False
+    return bool(get()) if callable(get) else False
 
 
 @functools.lru_cache(maxsize=4096)

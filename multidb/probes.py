@@ -6,11 +6,11 @@ Each backend is asked the way its documentation says:
   ``pg_current_wal_flush_lsn()`` (a standby can receive up to it, and every
   transaction committed before it was read is before it, but for commits
   made with ``synchronous_commit = off`` in the last 3 x ``wal_writer_delay``),
-  a standby's applied position
-  ``pg_last_wal_replay_lsn()``; ``now() - pg_last_xact_replay_timestamp()``
-  bounds a standby's lag from above (it is the age of the last replayed
-  commit: everything committed before it is applied); replay paused
-  (``pg_is_wal_replay_paused()``) means stopped.
+  a standby's applied position ``pg_last_wal_replay_lsn()``;
+  ``now() - pg_last_xact_replay_timestamp()`` bounds a standby's lag from
+  above (it is the age of the last replayed commit: everything committed
+  before it is applied); replay paused (``pg_is_wal_replay_paused()``) means
+  stopped.
 - MySQL/MariaDB: ``@@read_only``; a primary's position is
   ``@@gtid_binlog_pos``, a replica's applied position ``@@gtid_slave_pos``;
   ``Seconds_Behind_Master`` of ``SHOW REPLICA STATUS`` (``SHOW SLAVE STATUS``
