@@ -638,12 +638,13 @@ class AutoSession(_ReplicaReads):
                     return reader.bind  # a later statement of this session: the chosen engine
                 return self._read_bind(reader)
             reader.on_primary = True
-            log.debug(
-                "%s: %s -> %s (auto: first statement that is not a read)",
-                source.database,
-                _describe(clause),
-                source.primary,
-            )
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "%s: %s -> %s (auto: first statement that is not a read)",
+                    source.database,
+                    _describe(clause),
+                    source.primary,
+                )
         self._bound = None
         return source.engine(source.primary)  # type: ignore[no-any-return]
 
