@@ -11,13 +11,16 @@ MariaDB with its general log (both switched on for the run, then off again).
 A row counts one operation's statements on the primary and on the replica;
 ``extra`` names what a contender sends more often than its floor.
 
-The sync drivers (psycopg2, PyMySQL); each server a cluster of its own from
-``tests/servers.py``: a primary and one replica.
+Each backend through its sync driver (psycopg2, PyMySQL: ``overhead.py``'s
+contenders) and its async ones (asyncpg and psycopg 3, aiomysql:
+``async_overhead.py``'s); each a cluster of its own from ``tests/servers.py``:
+a primary and one replica.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextvars
 import importlib
 import re
@@ -26,7 +29,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
@@ -34,9 +37,10 @@ from typing import Any, Protocol
 from sqlalchemy import create_engine
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import async_overhead
 import overhead
 
-__all__ = ["main", "table"]
+__all__ = ["ASYNC_DRIVERS", "main", "table"]
 
 _MARK = "multidb-mark"
 # What only the health monitor asks (on connections of its own): left out of the counts.
@@ -141,43 +145,92 @@ def _windows(log: Log) -> dict[str, Counter[str]]:
     return found
 
 
-def table(name: str, primary: Log, replica: Log, backend: overhead.Backend, n: int) -> list[str]:
-    """Run every contender's workloads ``n`` times on ``backend``; the table's lines."""
-    with overhead.contenders(backend) as chosen:
-        for workload in overhead.ALL:
-            for contender in (c for c in chosen if workload in c.workloads):
+ASYNC_DRIVERS = {"postgresql": ("asyncpg", "psycopg"), "mariadb": ("aiomysql",)}
+
+
+def table(
+    name: str,
+    primary: Log,
+    replica: Log,
+    backend: overhead.Backend,
+    n: int,
+    driver: str | None = None,
+) -> list[str]:
+    """Run every contender's workloads ``n`` times on ``backend``; the table's lines.
+
+    ``driver`` (one of :data:`ASYNC_DRIVERS`) runs ``async_overhead.py``'s
+    contenders through it instead of ``overhead.py``'s.
+    """
+    tag = driver or "sync"
+    if driver is None:
+        with overhead.contenders(backend) as chosen:
+            for workload, contender in _pairs(chosen):
                 run = overhead.WORKLOADS[workload]
                 contextvars.Context().run(run, contender.open_session, 2, backend.ids)  # warm
-                label = f"{workload} {contender.name}"
-                for log in (primary, replica):
-                    log.mark(f"{label} begin")
-                contextvars.Context().run(run, contender.open_session, n, backend.ids)
-                for log in (primary, replica):
-                    log.mark(f"{label} end")
+                with _marked(f"{tag} {workload} {contender.name}", primary, replica):
+                    contextvars.Context().run(run, contender.open_session, n, backend.ids)
+    else:
+        chosen = asyncio.run(_run_async(primary, replica, backend, n, driver))
     on_primary, on_replica = _windows(primary), _windows(replica)
     lines = [
-        f"backend {name}: statements per operation as the servers logged them, {n} operations",
+        f"backend {name}{'' if driver is None else '+' + driver}: statements per operation"
+        f" as the servers logged them, {n} operations",
         f"{'workload':<9}{'contender':<15}{'primary':>8}{'replica':>8}{'total':>7}  extra",
     ]
+    for workload, contender in _pairs(chosen):
+        label, floor = (f"{tag} {workload} {c}" for c in (contender.name, contender.floor))
+        sent = on_primary.get(label, Counter()) + on_replica.get(label, Counter())
+        base = on_primary.get(floor, Counter()) + on_replica.get(floor, Counter())
+        p, r = (sum(w.get(label, Counter()).values()) / n for w in (on_primary, on_replica))
+        extra = ""
+        if label != floor:
+            more = [f"+{k / n:.2f} {shape}" for shape, k in (sent - base).most_common(2)]
+            fewer = [f"-{k / n:.2f} {shape}" for shape, k in (base - sent).most_common(1)]
+            extra = f"{(sum(sent.values()) - sum(base.values())) / n:+.2f}"
+            if more or fewer:
+                extra += f" ({', '.join(more + fewer)})"
+        lines.append(f"{workload:<9}{contender.name:<15}{p:>8.2f}{r:>8.2f}{p + r:>7.2f}  {extra}")
+    return lines
+
+
+async def _run_async(
+    primary: Log, replica: Log, backend: overhead.Backend, n: int, driver: str
+) -> list[Any]:
+    """``table()``'s runs for an async driver; the contenders it ran."""
+    primary_url, replica_url = (
+        async_overhead._async_url(url, driver) for url in (backend.primary_url, backend.replica_url)
+    )
+    target = async_overhead.AsyncBackend(driver, primary_url, replica_url, backend.ids, False)
+    async with async_overhead.contenders(target) as chosen:
+        for workload, contender in _pairs(chosen):
+            run = async_overhead.WORKLOADS[workload]
+            await _fresh(run(contender.open_session, 2, backend.ids))  # warm
+            with _marked(f"{driver} {workload} {contender.name}", primary, replica):
+                await _fresh(run(contender.open_session, n, backend.ids))
+    return list(chosen)
+
+
+def _pairs(chosen: Sequence[Any]) -> Iterator[tuple[str, Any]]:
+    """Each workload with each contender it fits, in table order."""
     for workload in overhead.ALL:
         for contender in chosen:
-            if workload not in contender.workloads:
-                continue
-            label, floor = f"{workload} {contender.name}", f"{workload} {contender.floor}"
-            sent = on_primary.get(label, Counter()) + on_replica.get(label, Counter())
-            base = on_primary.get(floor, Counter()) + on_replica.get(floor, Counter())
-            p, r = (sum(w.get(label, Counter()).values()) / n for w in (on_primary, on_replica))
-            extra = ""
-            if label != floor:
-                more = [f"+{k / n:.2f} {shape}" for shape, k in (sent - base).most_common(2)]
-                fewer = [f"-{k / n:.2f} {shape}" for shape, k in (base - sent).most_common(1)]
-                extra = f"{(sum(sent.values()) - sum(base.values())) / n:+.2f}"
-                if more or fewer:
-                    extra += f" ({', '.join(more + fewer)})"
-            lines.append(
-                f"{workload:<9}{contender.name:<15}{p:>8.2f}{r:>8.2f}{p + r:>7.2f}  {extra}"
-            )
-    return lines
+            if workload in contender.workloads:
+                yield workload, contender
+
+
+def _fresh(batch: Awaitable[float]) -> Awaitable[float]:
+    """``batch`` as a task of a fresh context: one batch's causal scope is its own."""
+    return contextvars.Context().run(asyncio.ensure_future, batch)
+
+
+@contextmanager
+def _marked(label: str, *logs: Log) -> Iterator[None]:
+    """Markers around a batch, in every log."""
+    for log in logs:
+        log.mark(f"{label} begin")
+    yield
+    for log in logs:
+        log.mark(f"{label} end")
 
 
 @contextmanager
@@ -233,9 +286,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     kinds = ["postgresql", "mariadb"] if args.backend == "all" else [args.backend]
     for kind in kinds:
         with _cluster(kind) as (primary, replica, backend):
-            print()
-            for line in table(kind, primary, replica, backend, args.n):
-                print(line, flush=True)
+            for driver in (None, *ASYNC_DRIVERS[kind]):
+                print()
+                for line in table(kind, primary, replica, backend, args.n, driver):
+                    print(line, flush=True)
     return 0
 
 

@@ -96,9 +96,23 @@ def install_replica(engine: Engine, name: str) -> None:
             if dialect != "sqlite":
                 dbapi_connection.commit()
 
+    if engine.dialect.driver == "psycopg":
+        _end_with_commit(engine)
     before_execute(engine, _guard(name, dialect, always=True))
     if dialect != "sqlite":  # a SQLite replica keeps nothing to reset: no locks, no settings
         _install_reset(engine, "replica")
+
+
+def _end_with_commit(engine: Engine) -> None:
+    """End ``engine``'s transactions with COMMIT where SQLAlchemy rolls back (psycopg 3).
+
+    psycopg forgets the statements it prepared at each ROLLBACK, and sends
+    ``DEALLOCATE ALL`` when it had any; a read session ends with a rollback,
+    so on a replica it would lose what a plain session's commit keeps. A
+    replica's transactions only read: COMMIT ends them alike (on one that
+    failed, the server rolls back), and on an idle connection it sends nothing.
+    """
+    engine.dialect.do_rollback = lambda dbapi_connection: dbapi_connection.commit()  # type: ignore[method-assign]
 
 
 def install_primary(engine: Engine, name: str) -> None:
