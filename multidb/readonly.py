@@ -96,7 +96,7 @@ def install_replica(engine: Engine, name: str) -> None:
             if dialect != "sqlite":
                 dbapi_connection.commit()
 
-    if engine.dialect.driver == "psycopg":
+    if engine.dialect.driver == "psycopg":  # before the hooks below wrap do_rollback
         _end_with_commit(engine)
     before_execute(engine, _guard(name, dialect, always=True))
     if dialect != "sqlite":  # a SQLite replica keeps nothing to reset: no locks, no settings

@@ -11,7 +11,7 @@ import queue
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -106,6 +106,22 @@ def write_marker(dbs: Registry) -> str:
 
 def sees(session: Session, marker: str) -> bool:
     return session.scalar(select(marks.c.id).where(marks.c.marker == marker)) is not None
+
+
+def read_back(
+    dbs: Registry, backend: Backend, write: Callable[[str], object], times: int = 20
+) -> tuple[int, Counter[str]]:
+    """``times`` times, ``write(marker)`` a new marker and read it at once in a new read
+    session: how many reads missed it, and which servers answered them."""
+    stale = 0
+    served: Counter[str] = Counter()
+    for _ in range(times):
+        marker = uuid.uuid4().hex
+        write(marker)
+        with dbs.session("db", role="read") as s:
+            served[backend.where(s)] += 1
+            stale += not sees(s, marker)
+    return stale, served
 
 
 def test_300_writes_each_read_by_a_new_read_session_with_a_delayed_replica_0_stale(
@@ -290,20 +306,17 @@ def test_asynchronous_commits_are_read_back_0_stale(pg_cluster: PostgresCluster)
     position to wait for is the primary's insert position, not its write position."""
     names = {s.port: s.name for s in pg_cluster.servers}
     backend = Backend("postgresql", pg_cluster, "SELECT inet_server_port()", names)
-    served: Counter[str] = Counter()
-    stale = 0
     config = backend.config(replicas=backend.replicas[:1], causal_wait_seconds=2)
     with Registry.from_dict(config) as dbs:
         metadata.create_all(dbs.engine("db"))
         pg_cluster.wait_caught_up()
-        for _ in range(20):
-            marker = uuid.uuid4().hex
+
+        def write(marker: str) -> None:
             with dbs.session("db", role="write") as s:
                 s.execute(text("SET LOCAL synchronous_commit TO OFF"))
                 s.execute(insert(marks).values(marker=marker))
-            with dbs.session("db", role="read") as s:
-                served[backend.where(s)] += 1
-                stale += not sees(s, marker)
+
+        stale, served = read_back(dbs, backend, write)
     print(f"postgresql: 20 asynchronous commits read back, {stale} stale, served by {served}")
     assert stale == 0
     assert served[backend.replicas[0]] >= 15  # waited for (up to 2 s), not given up on
@@ -312,17 +325,14 @@ def test_asynchronous_commits_are_read_back_0_stale(pg_cluster: PostgresCluster)
 def test_autocommit_writes_closed_without_a_commit_are_read_back_0_stale(backend: Backend) -> None:
     """On an AUTOCOMMIT connection each statement commits as it runs; closing it ends the
     transaction SQLAlchemy began with a rollback, which must not lose the position."""
-    stale = 0
-    served: Counter[str] = Counter()
     with Registry.from_dict(backend.config()) as dbs, backend.delay():
         autocommit = dbs.engine("db").execution_options(isolation_level="AUTOCOMMIT")
-        for _ in range(20):
-            marker = uuid.uuid4().hex
+
+        def write(marker: str) -> None:
             with autocommit.connect() as connection:
                 connection.execute(insert(marks).values(marker=marker))
-            with dbs.session("db", role="read") as s:
-                served[backend.where(s)] += 1
-                stale += not sees(s, marker)
+
+        stale, served = read_back(dbs, backend, write)
     print(f"{backend.kind}: 20 autocommit writes read back, {stale} stale, served by {served}")
     assert stale == 0
     assert sum(served[r] for r in backend.replicas) >= 10  # the caught-up replica still serves
@@ -348,13 +358,12 @@ def test_a_function_that_writes_called_by_a_select_is_read_back_0_stale(backend:
     else:  # with the binary log on, only an administrator may create a function that writes
         primary.query(create, database="app")
     backend.cluster.wait_caught_up()
-    stale = 0
     with Registry.from_dict(backend.config()) as dbs, backend.delay():
-        for _ in range(20):
-            marker = uuid.uuid4().hex
+
+        def write(marker: str) -> None:
             with dbs.session("db", role="write") as s:
                 assert s.scalar(text("SELECT ryw_mark(:m)"), {"m": marker}) == 1
-            with dbs.session("db", role="read") as s:
-                stale += not sees(s, marker)
+
+        stale, _ = read_back(dbs, backend, write)
     print(f"{backend.kind}: 20 writes by a function in a SELECT read back, {stale} stale")
     assert stale == 0
