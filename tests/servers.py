@@ -39,6 +39,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import importlib.util
+import math
 import os
 import pwd
 import re
@@ -1211,14 +1212,18 @@ class MariaDBServer:
         )
 
     @contextlib.contextmanager
-    def apply_delay(self, seconds: int) -> Iterator[None]:
-        """Real apply lag: ``MASTER_DELAY`` (whole seconds, at least 1) inside the block.
+    def apply_delay(self, seconds: float) -> Iterator[None]:
+        """Real apply lag: ``MASTER_DELAY`` inside the block.
 
-        Events still arrive (IO thread); each is applied ``seconds`` after the
-        primary ran it. Restored to 0, with the SQL thread running, when the block ends.
+        Events still arrive (IO thread); each is applied at least ``seconds``
+        (rounded up to whole seconds) after the primary ran it, and at most one
+        second more: an event's timestamp is in whole seconds, so ``MASTER_DELAY = n``
+        holds back an event committed just before a second ends by n - 1 seconds
+        only, and is set one higher. Restored to 0, with the SQL thread running,
+        when the block ends.
         """
         self._require_replica()
-        self._set_master_delay(max(1, int(seconds)))
+        self._set_master_delay(max(1, math.ceil(seconds)) + 1)
         try:
             yield
         finally:

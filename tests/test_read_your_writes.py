@@ -67,7 +67,7 @@ class Backend:
         return self.names[session.execute(text(self.identity_sql)).scalar()]
 
     def delay(self, replica: int = 1) -> AbstractContextManager[None]:
-        """Real apply lag on one replica: 0.3 s on PostgreSQL, 1 s (the minimum) on MariaDB."""
+        """Real apply lag on one replica: 0.3 s on PostgreSQL, 1 s (whole seconds) on MariaDB."""
         server = self.cluster.replicas[replica]
         if isinstance(server, PostgresServer):
             return server.apply_delay(0.3)
