@@ -989,6 +989,7 @@ class MariaDBServer:
                 database=database,
                 connect_timeout=CONNECT_TIMEOUT,
                 autocommit=True,
+                ssl_disabled=True,  # as below
             )
         return pymysql.connect(
             host=self.host,
@@ -998,6 +999,9 @@ class MariaDBServer:
             database=database or APP_DATABASE,
             connect_timeout=CONNECT_TIMEOUT,
             autocommit=True,
+            # PyMySQL >= 1.2 prefers TLS: without this it builds an SSL context (the
+            # system's CA store, 50 ms) for each connection, and these servers have no TLS.
+            ssl_disabled=True,
         )
 
     def query(
