@@ -190,6 +190,12 @@ class AsyncEngines:
         twin.engine = self.sync_engine
         return twin
 
+    def scope(
+        self, maker: async_sessionmaker[AsyncSession], ready: Callable[[], None] | None
+    ) -> AsyncSessionScope:
+        """:class:`AsyncSessionScope` (the registry imports this module on first async use)."""
+        return AsyncSessionScope(maker, ready)
+
     # -- lifecycle ------------------------------------------------------------
 
     def forget(self, name: str | None) -> None:

@@ -42,18 +42,20 @@ import sys
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from alembic import context
 from sqlalchemy import MetaData
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .config import load
 from .drivers import modes
 from .errors import ConfigError, RoutingError, UnknownNameError
 from .probes import probe
 from .registry import Registry
+
+if TYPE_CHECKING:  # SQLAlchemy's asyncio needs greenlet: async drivers' extras install it
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 __all__ = ["function_name", "init_project", "run_migrations"]
 

@@ -22,7 +22,6 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from fastapi import Depends
-from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from .config import Role
@@ -50,7 +49,9 @@ def session(dbs: Registry, name: str | None, *, role: Role | None = None) -> Any
 def async_session(dbs: Registry, name: str | None, *, role: Role | None = None) -> Any:
     """:func:`session` for ``async def`` endpoints: :meth:`Registry.async_session`."""
 
-    async def dependency() -> AsyncIterator[AsyncSession]:
+    # Not AsyncIterator[AsyncSession]: importing SQLAlchemy's asyncio needs greenlet,
+    # which sync-only applications need not install.
+    async def dependency() -> AsyncIterator[Any]:
         async with dbs.async_session(name, role=role) as s:
             yield s
 

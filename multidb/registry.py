@@ -28,16 +28,9 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 from sqlalchemy import create_engine, orm
 from sqlalchemy.engine import Engine
-from sqlalchemy.ext.asyncio import (
-    AsyncEngine,
-    AsyncSession,
-    async_sessionmaker,
-    create_async_engine,
-)
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool, QueuePool
 
-from . import aio
 from . import causal as _causal
 from . import config as _config
 from .causal import CausalScope
@@ -54,6 +47,9 @@ from .sessions import AutoSession, ReadSession, ReadSource, RoutedSession, finis
 from .timeouts import install_handshake_timeout, with_connect_timeout
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+    from . import aio
     from .explain import Explanation
     from .testing import Testing
 
@@ -160,7 +156,13 @@ class Registry:
         self._health_prober = Prober(self._health_engine, call=self._probe_call)
         # (name, role) -> factory, once resolved: the hot path is one dict lookup.
         self._factories: dict[tuple[str | None, str | None], orm.sessionmaker[Session]] = {}
-        self._aio = aio.AsyncEngines(self, async_session_class)
+        # The asyncio half, made on first async use: SQLAlchemy's asyncio needs greenlet,
+        # which only the async drivers' extras install (a class given checks it now).
+        self._async: aio.AsyncEngines | None = None
+        if async_session_class is not None:
+            from .aio import AsyncEngines
+
+            self._async = AsyncEngines(self, async_session_class)
         # Engines whose driver serves async code only: sync probes go through run_blocking.
         self._async_only = frozenset(
             name for name, e in self._engine_configs.items() if "sync" not in modes(e.url)
@@ -458,7 +460,8 @@ class Registry:
         """
         self._database_router = router
         self._factories = {k: v for k, v in self._factories.items() if k[0] is not None}
-        self._aio.forget(None)
+        if self._async is not None:
+            self._async.forget(None)
 
     def _several(self, role: str) -> orm.sessionmaker[Session]:
         """A factory of sessions serving every database, routed per statement."""
@@ -625,6 +628,8 @@ class Registry:
                     k: v for k, v in self._options(engine_config).items() if k not in _POOL_OPTIONS
                 }
                 if name in self._async_only:
+                    from sqlalchemy.ext.asyncio import create_async_engine
+
                     engine = create_async_engine(
                         engine_config.url, poolclass=NullPool, **options
                     ).sync_engine
@@ -648,7 +653,11 @@ class Registry:
 
     def _probe_call(self, name: str, work: Callable[[], _T]) -> _T:
         """Run a probe's ``work`` on ``name``: in a private event loop for an async-only driver."""
-        return aio.run_blocking(work) if name in self._async_only else work()
+        if name not in self._async_only:
+            return work()
+        from .aio import run_blocking
+
+        return run_blocking(work)
 
     def _options(self, engine_config: EngineConfig) -> dict[str, Any]:
         """create_engine() keyword arguments of an engine: its options and a connect timeout."""
@@ -668,7 +677,7 @@ class Registry:
         self._health_prober.close()
         for engine in engines:
             engine.dispose()
-        for name, async_engine in self._aio.take().items():
+        for name, async_engine in (self._async.take() if self._async else {}).items():
             # Its connections belong to an event loop: only async_dispose() can close them.
             log.warning(
                 "dispose(): AsyncEngine %s dropped without closing its connections;"
@@ -689,6 +698,18 @@ class Registry:
         self.dispose()
 
     # -- asyncio (SPEC section 5; the machinery is in multidb/aio.py) ------------
+
+    @property
+    def _aio(self) -> aio.AsyncEngines:
+        engines = self._async
+        if engines is None:
+            from .aio import AsyncEngines
+
+            with self._lock:
+                engines = self._async
+                if engines is None:
+                    engines = self._async = AsyncEngines(self)
+        return engines
 
     def async_engine(self, name: str) -> AsyncEngine:
         """The AsyncEngine of an engine name; a database name means its primary.
@@ -717,11 +738,12 @@ class Registry:
         """
         if role is None and (name is None or name in self.config.databases):
             role = _causal.request_role.get()
-        maker, routed = self._aio.factory(name, role)
+        engines = self._aio
+        maker, routed = engines.factory(name, role)
         ready = None
         if routed and self._watched and not self._probed():
             ready = self._start_monitor  # waited for in a worker thread, not on the loop
-        return aio.AsyncSessionScope(maker, ready)
+        return engines.scope(maker, ready)
 
     async def async_health(self, *, timeout: float | None = None) -> list[EngineStatus]:
         """:meth:`health` for async code: the same probes, run off the event loop."""

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import socket
 import sqlite3
+import subprocess
+import sys
 import time
 import traceback
 import types
@@ -340,3 +343,54 @@ def test_no_password_in_log_records_when_a_replica_connection_fails(
         shown = "".join(traceback.format_exception(error))
         assert SECRET not in shown
         assert SECRET not in repr(error)
+
+
+WITHOUT_GREENLET = """
+import importlib, pkgutil, shutil, sys
+from pathlib import Path
+sys.modules["greenlet"] = None  # as on `pip install multidb`: SQLAlchemy 2.1 does not bring it
+
+import multidb
+from multidb.cli import main
+from sqlalchemy import text
+
+for module in pkgutil.iter_modules(multidb.__path__):
+    if module.name not in ("__main__", "aio"):  # aio is the asyncio half; integrations too
+        importlib.import_module(f"multidb.{module.name}")
+assert "sqlalchemy.ext.asyncio" not in sys.modules, "imported SQLAlchemy's asyncio"
+
+config = Path(sys.argv[1])
+assert main(["check", str(config)]) == 0
+with multidb.load(config) as dbs:
+    with dbs.session("main", role="write") as s:
+        s.execute(text("CREATE TABLE t (id integer)"))
+        s.execute(text("INSERT INTO t VALUES (1)"))
+    with dbs.session("main", role="read") as s:
+        assert s.execute(text("SELECT id FROM t")).scalar() == 1
+try:
+    multidb.Registry.from_dict({"databases": {"a": {"primary": "sqlite+aiosqlite://"}}})
+except multidb.ConfigError as exc:
+    print("async:", exc)
+"""
+
+
+def test_sync_use_needs_no_greenlet_and_an_async_url_names_the_extra(tmp_path: Path) -> None:
+    """SPEC: the dependencies are SQLAlchemy and PyYAML; greenlet comes with the async
+    extras. Importing multidb, its integrations, ``multidb check`` and sync sessions run
+    without it (a subprocess where ``import greenlet`` fails); an async URL says what to install.
+    """
+    config_dir = tmp_path / "config"
+    config_dir.mkdir()
+    shutil.copy(Path(__file__).parent.parent / "config" / "databases.yaml", config_dir)
+    script = tmp_path / "without_greenlet.py"
+    script.write_text(WITHOUT_GREENLET)
+    done = subprocess.run(
+        [sys.executable, str(script), str(config_dir / "databases.yaml")],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "main.a" in done.stdout  # multidb check's table (its exit code 0 is asserted inside)
+    assert "needs greenlet, which is not installed: pip install 'multidb[aiosqlite]'" in done.stdout
