@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import sqlalchemy
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
 from multidb.config import Config, from_dict, load, mask_url
 from multidb.errors import ConfigError
@@ -429,10 +430,13 @@ def test_uninstalled_driver_names_the_extra_to_install(
 def test_default_postgresql_driver_missing_also_names_the_extra(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setitem(sys.modules, "psycopg", None)
+    # What postgresql:// means: psycopg (3) on SQLAlchemy 2.1, psycopg2 on 2.0.
+    driver = make_url("postgresql://").get_dialect().driver
+    extra = {"psycopg": "psycopg", "psycopg2": "postgresql"}[driver]
+    monkeypatch.setitem(sys.modules, driver, None)
     err = dict_error({"databases": {"m": "postgresql://u@h/db"}})
     assert str(err) == (
-        "databases.m: driver 'psycopg' is not installed: pip install 'multidb[psycopg]'"
+        f"databases.m: driver {driver!r} is not installed: pip install 'multidb[{extra}]'"
     )
 
 
