@@ -101,7 +101,7 @@ def test_instructions_counts_a_pair_against_its_floor(
     """instructions.py: each child runs its sessions, and the table is (count(BASE + n) -
     count(BASE)) / n against the floor's, for sync sessions and (``--async``) async ones.
 
-    The children run without valgrind here, with made-up counts (a minute under
+    The children run without valgrind here, with made-up counts (40 s or more under
     callgrind each on CI's machines); counting a child under callgrind is
     :func:`test_peers_counts_instructions`'s, through the same function.
     """
