@@ -55,7 +55,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 
 import multidb
 
-__all__ = ["WORKLOADS", "Item", "RoutingSession", "contenders", "main", "seed"]
+__all__ = ["WORKLOADS", "Item", "RoutingSession", "contenders", "main", "seed", "server_cluster"]
 
 SEED_ROWS = 100
 DATABASE = "main"
@@ -270,22 +270,35 @@ def sqlite_backend() -> Iterator[Backend]:
 @contextmanager
 def postgresql_backend() -> Iterator[Backend]:
     """A PostgreSQL primary and one streaming standby from ``tests/servers.py``."""
+    with server_cluster("postgresql") as (_, backend):
+        yield backend
+
+
+@contextmanager
+def server_cluster(kind: str) -> Iterator[tuple[Any, Backend]]:
+    """A ``kind`` (postgresql, mariadb) primary and one replica from ``tests/servers.py``,
+    seeded; the cluster and its Backend. Stopped and removed at the end."""
     tests = Path(__file__).resolve().parent.parent / "tests"
     sys.path.insert(0, str(tests))
     servers = importlib.import_module("servers")
-    reason = servers.postgres_binaries_missing()
+    postgresql = kind == "postgresql"
+    missing = servers.postgres_binaries_missing if postgresql else servers.mariadb_binaries_missing
+    reason = missing()
     if reason is not None:
-        raise RuntimeError(f"PostgreSQL servers unavailable: {reason}")
-    base = Path(tempfile.mkdtemp(prefix="multidb-bench-pg-"))
-    base.chmod(0o755)  # the servers run as postgres when we are root
+        raise RuntimeError(f"{kind} servers unavailable: {reason}")
+    base = Path(tempfile.mkdtemp(prefix=f"multidb-bench-{kind}-"))
+    base.chmod(0o755)  # the servers run as postgres / mysql when we are root
     try:
-        cluster = servers.start_postgres_cluster(base, standbys=1)
+        if postgresql:
+            cluster = servers.start_postgres_cluster(base, standbys=1)
+        else:
+            cluster = servers.start_mariadb_cluster(base, replicas=1)
         try:
             engine = create_engine(cluster.primary.url())
             ids = seed(engine)
             engine.dispose()
             cluster.wait_caught_up(timeout=30)
-            yield Backend("postgresql", cluster.primary.url(), cluster.replicas[0].url(), ids)
+            yield cluster, Backend(kind, cluster.primary.url(), cluster.replicas[0].url(), ids)
         finally:
             cluster.stop()
     finally:

@@ -22,19 +22,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextvars
-import importlib
 import re
-import shutil
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Awaitable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
-
-from sqlalchemy import create_engine
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import async_overhead
@@ -236,36 +231,10 @@ def _marked(label: str, *logs: Log) -> Iterator[None]:
 @contextmanager
 def _cluster(kind: str) -> Iterator[tuple[Log, Log, overhead.Backend]]:
     """A primary and one replica of ``kind``, seeded, with their statement logs on."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-    servers = importlib.import_module("servers")
-    missing = (
-        servers.postgres_binaries_missing
-        if kind == "postgresql"
-        else servers.mariadb_binaries_missing
-    )
-    reason = missing()
-    if reason is not None:
-        raise RuntimeError(f"{kind} servers unavailable: {reason}")
-    base = Path(tempfile.mkdtemp(prefix=f"multidb-bench-{kind}-"))
-    base.chmod(0o755)  # the servers run as postgres / mysql when we are root
-    try:
-        if kind == "postgresql":
-            cluster = servers.start_postgres_cluster(base, standbys=1)
-        else:
-            cluster = servers.start_mariadb_cluster(base, replicas=1)
-        try:
-            primary, replica = cluster.primary, cluster.replicas[0]
-            engine = create_engine(primary.url())
-            ids = overhead.seed(engine)
-            engine.dispose()
-            cluster.wait_caught_up(timeout=30)
-            logs = PostgresLog if kind == "postgresql" else MariaDBLog
-            with logs(primary).on() as p, logs(replica).on() as r:
-                yield p, r, overhead.Backend(kind, primary.url(), replica.url(), ids)
-        finally:
-            cluster.stop()
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
+    with overhead.server_cluster(kind) as (cluster, backend):
+        logs = PostgresLog if kind == "postgresql" else MariaDBLog
+        with logs(cluster.primary).on() as primary, logs(cluster.replicas[0]).on() as replica:
+            yield primary, replica, backend
 
 
 def main(argv: Sequence[str] | None = None) -> int:
